@@ -1,0 +1,171 @@
+"""The venv backend (the default): one uv-made virtualenv per library and requirements hash.
+
+The venv may use another Python than the host's; it holds only the library's requirements, and
+the worker runs in it by path. Builds are locked (two processes never build the same venv) and
+marked complete only at the end, so an interrupted build is redone, never half-used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+import ldm_envs.worker as worker_module
+from ldm_envs.backends.base import SOCKET_NAME, Backend, spawn_socket_worker
+from ldm_envs.errors import BuildError
+from ldm_envs.interpreters import python_request, uv_executable
+from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
+from ldm_envs.paths import venvs_dir
+from ldm_envs.protocol import WorkerClient, WorkerProcess
+
+READY_MARKER = ".ldm-ready.json"
+
+
+class SubprocessWorker(WorkerProcess):
+    """A worker subprocess whose output goes to a log file we can quote on failure."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, library: str) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.description = f"{library} venv worker (pid {proc.pid})"
+
+    def poll(self) -> str | None:
+        code = self.proc.poll()
+        if code is None:
+            return None
+        if code < 0:
+            return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def worker_env(spec: EnvLibrarySpec) -> dict[str, str]:
+    """The worker's environment: the host's, one thread per BLAS pool, plus the manifest's."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    env.pop("VIRTUAL_ENV", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(spec.environment.env_vars)
+    return env
+
+
+class VenvBackend(Backend):
+    """Builds `<data home>/venvs/<library>-<hash>` with uv and runs workers from it."""
+
+    name = "venv"
+
+    def __init__(self, root: Path | None = None, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.root = root or venvs_dir()
+
+    def venv_path(self, spec: EnvLibrarySpec) -> Path:
+        """Cache key: library name and the hash of its isolated-environment block."""
+        return self.root / f"{spec.name}-{spec.environment.content_hash()}"
+
+    def python_path(self, spec: EnvLibrarySpec) -> Path:
+        """The venv's interpreter."""
+        return self.venv_path(spec) / "bin" / "python"
+
+    def is_ready(self, spec: EnvLibrarySpec) -> bool:
+        return (self.venv_path(spec) / READY_MARKER).exists()
+
+    def describe(self, spec: EnvLibrarySpec) -> str:
+        return str(self.venv_path(spec))
+
+    def prepare(self, spec: EnvLibrarySpec, *, rebuild: bool = False) -> str:
+        path = self.venv_path(spec)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if self.is_ready(spec) and not rebuild:
+                return str(path)
+            self._build(spec, path)
+        return str(path)
+
+    def _run(self, spec: EnvLibrarySpec, step: str, cmd: list[str], log: list[str]) -> None:
+        env = dict(os.environ)
+        env.pop("VIRTUAL_ENV", None)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        log.append(f"$ {' '.join(cmd)}\n{proc.stdout}{proc.stderr}")
+        if proc.returncode != 0:
+            raise BuildError(spec.name, step, proc.stdout + proc.stderr)
+
+    def _build(self, spec: EnvLibrarySpec, path: Path) -> None:
+        uv = uv_executable()
+        env_block = spec.environment
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        log: list[str] = []
+        started = time.monotonic()
+        with self.console.status(f"[bold]building venv for {spec.name}[/] (python {env_block.python})"):
+            python = python_request(env_block.python)
+            self._run(spec, f"creating the venv (python {env_block.python})",
+                      [uv, "venv", "--quiet", "--seed", "--python", python, str(path)], log)
+            reqs = path / "ldm-requirements.txt"
+            reqs.write_text("\n".join(env_block.requirements) + "\n")
+            cmd = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "-r", str(reqs)]
+            if env_block.build_constraints:
+                constraints = path / "ldm-build-constraints.txt"
+                constraints.write_text("\n".join(env_block.build_constraints) + "\n")
+                cmd += ["--build-constraint", str(constraints)]
+            self._run(spec, "installing the requirements", cmd, log)
+            self._run(spec, "checking the worker's imports",
+                      [str(path / "bin" / "python"), "-c", "import numpy, json, socket"], log)
+            freeze = subprocess.run(
+                [uv, "pip", "freeze", "--python", str(path / "bin" / "python")],
+                capture_output=True, text=True, check=False,
+            ).stdout
+        (path / "ldm-build.log").write_text("\n".join(log))
+        (path / "ldm-freeze.txt").write_text(freeze)
+        marker = {
+            "library": spec.name,
+            "hash": spec.environment.content_hash(),
+            "python": env_block.python,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        atomic_write_text(path / READY_MARKER, json.dumps(marker, indent=2))
+        self.console.print(
+            f"[green]built[/] venv for {spec.name} in {marker['seconds']} s: {path}"
+        )
+
+    def spawn(self, spec: EnvLibrarySpec) -> WorkerClient:
+        self.prepare(spec)
+        python = self.python_path(spec)
+        worker_file = Path(worker_module.__file__)
+
+        def start(sock_dir: Path) -> WorkerProcess:
+            log_path = sock_dir.parent / f"{sock_dir.name}.log"
+            log_fh = log_path.open("wb")
+            proc = subprocess.Popen(
+                [str(python), str(worker_file), "--connect", str(sock_dir / SOCKET_NAME)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                env=worker_env(spec),
+                start_new_session=True,
+            )
+            log_fh.close()
+            return SubprocessWorker(proc, log_path, spec.name)
+
+        return spawn_socket_worker(spec.name, start, self.start_timeout)

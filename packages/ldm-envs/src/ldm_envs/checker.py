@@ -1,0 +1,131 @@
+"""`ldm-envs check`: random rollouts of every declared env through a backend.
+
+Verifies what comes back against the manifest: spaces, observation shapes, dtypes and bounds,
+finite rewards, episode ends. Results are saved so `ldm-envs list` can show library health.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from ldm_envs.backends import Backend
+from ldm_envs.errors import LdmEnvsError
+from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
+from ldm_envs.paths import checks_dir
+from ldm_envs.pool import EnvPool
+
+
+class EnvCheck(BaseModel):
+    """The outcome for one env."""
+
+    env_id: str
+    ok: bool
+    steps: int = 0
+    episodes: int = 0
+    steps_per_second: float = 0.0
+    observation: str = ""
+    action: str = ""
+    problems: list[str] = []
+
+
+class LibraryCheck(BaseModel):
+    """The outcome for a library through one backend."""
+
+    library: str
+    backend: str
+    ok: bool
+    seconds: float
+    envs: list[EnvCheck]
+    when: float
+
+
+def _observation_problems(pool: EnvPool, obs: np.ndarray) -> list[str]:
+    space = pool.observation_spaces[0].to_gymnasium()
+    problems = []
+    for row in obs:
+        if row.shape != space.shape:
+            problems.append(f"observation shape {row.shape} != declared {space.shape}")
+        elif row.dtype != space.dtype:
+            problems.append(f"observation dtype {row.dtype} != declared {space.dtype}")
+        elif not space.contains(row):
+            problems.append(f"observation {np.round(row, 3).tolist()[:8]} outside declared bounds")
+        if problems:
+            break
+    return problems
+
+
+def check_env(
+    spec: EnvLibrarySpec, env_id: str, backend: Backend, *, steps: int = 200, num_envs: int = 2,
+    seed: int = 0,
+) -> EnvCheck:
+    """Roll out random actions in `num_envs` copies of one env for `steps` batched steps."""
+    declared = spec.env(env_id)
+    result = EnvCheck(env_id=env_id, ok=False)
+    try:
+        with EnvPool(spec, env_id, num_envs=num_envs, backend=backend, max_restarts=0) as pool:
+            result.observation = pool.observation_spaces[0].describe()
+            result.action = pool.action_spaces[0].describe()
+            if not declared.probed:
+                result.problems.append("spaces not declared: run `ldm-envs probe`")
+            action_space = pool.action_spaces[0].to_gymnasium()
+            action_space.seed(seed)
+            obs, _ = pool.reset(seed=seed)
+            result.problems += _observation_problems(pool, obs)
+            start = time.perf_counter()
+            for _ in range(steps):
+                r = pool.step(np.stack([action_space.sample() for _ in range(num_envs)]))
+                if not np.all(np.isfinite(r.rewards)):
+                    result.problems.append(f"non-finite reward {r.rewards.tolist()}")
+                result.episodes += int(np.sum(r.terminated | r.truncated))
+                if not result.problems:
+                    result.problems += _observation_problems(pool, r.obs)
+                result.steps += num_envs
+            result.steps_per_second = result.steps / max(time.perf_counter() - start, 1e-9)
+    except LdmEnvsError as exc:
+        result.problems.append(str(exc))
+    result.ok = not result.problems
+    return result
+
+
+def check_library(
+    spec: EnvLibrarySpec,
+    backend: Backend,
+    *,
+    env_ids: list[str] | None = None,
+    steps: int = 200,
+    num_envs: int = 2,
+    on_env: Callable[[EnvCheck], None] | None = None,
+) -> LibraryCheck:
+    """Check every declared env (or `env_ids`) and save the result under the data home."""
+    start = time.time()
+    backend.prepare(spec)
+    results = []
+    for env_id in env_ids or spec.env_ids:
+        res = check_env(spec, env_id, backend, steps=steps, num_envs=num_envs)
+        results.append(res)
+        if on_env is not None:
+            on_env(res)
+    report = LibraryCheck(
+        library=spec.name, backend=backend.name, ok=all(r.ok for r in results),
+        seconds=round(time.time() - start, 1), envs=results, when=start,
+    )
+    if env_ids is None:
+        atomic_write_text(
+            checks_dir() / f"{spec.name}-{backend.name}.json", report.model_dump_json(indent=2)
+        )
+    return report
+
+
+def last_check(library: str, backend: str) -> LibraryCheck | None:
+    """The saved result of the last full check, if any."""
+    path = checks_dir() / f"{library}-{backend}.json"
+    if not path.exists():
+        return None
+    try:
+        return LibraryCheck.model_validate_json(path.read_text())
+    except ValueError:
+        return None

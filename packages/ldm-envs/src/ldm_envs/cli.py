@@ -1,0 +1,218 @@
+"""The `ldm-envs` command line: list, inspect, probe, build, check and benchmark env libraries."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, get_backend
+from ldm_envs.checker import EnvCheck, check_library, last_check
+from ldm_envs.errors import LdmEnvsError
+from ldm_envs.manifest import write_manifest
+from ldm_envs.plugins import registry
+
+app = typer.Typer(
+    help="Env libraries, each isolated (venv, docker, inprocess), behind one batched API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+BackendOpt = Annotated[
+    str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
+]
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command("list")
+def list_libraries() -> None:
+    """List the installed env libraries, their envs, backends' readiness and last checks."""
+    reg = registry()
+    table = Table(title="env libraries")
+    for col in ("library", "version", "python", "api", "envs", "spaces", *BACKENDS[1:], "last check"):
+        table.add_column(col)
+    for name in reg.names():
+        spec = reg.get(name)
+        ready = []
+        for backend_name in BACKENDS[1:]:
+            try:
+                ready.append("built" if get_backend(backend_name).is_ready(spec) else "-")
+            except Exception:
+                ready.append("n/a")
+        kinds = sorted({
+            f"{e.observation_space.describe().split('[')[0].split('(')[0]}->"
+            f"{e.action_space.describe().split('[')[0].split('(')[0]}"
+            for e in spec.envs if e.probed and e.observation_space and e.action_space
+        })
+        checks = []
+        for backend_name in BACKENDS[1:]:
+            res = last_check(name, backend_name)
+            if res is not None:
+                good = sum(e.ok for e in res.envs)
+                checks.append(f"{backend_name} {good}/{len(res.envs)}")
+        table.add_row(
+            name, spec.version, spec.environment.python, spec.environment.api.value,
+            str(len(spec.envs)), ", ".join(kinds), *ready, "; ".join(checks) or "-",
+        )
+    console.print(table)
+    for name, why in sorted(reg.broken.items()):
+        err.print(f"[red]broken plugin {name}:[/] {why}", highlight=False)
+
+
+@app.command()
+def show(library: str) -> None:
+    """Show a library's isolated environment and declared envs."""
+    try:
+        entry = registry().entry(library)
+    except LdmEnvsError as exc:
+        _fail(exc)
+    spec = entry.spec
+    env_block = spec.environment
+    console.print(f"[bold]{spec.name}[/] {spec.version}: {spec.description}")
+    console.print(f"  plugin: {entry.distribution or entry.plugin}  manifest: {entry.source}")
+    console.print(f"  python {env_block.python}, api {env_block.api.value}, hash "
+                  f"{env_block.content_hash()}")
+    console.print(f"  requirements: {', '.join(env_block.requirements)}")
+    if env_block.build_constraints:
+        console.print(f"  build constraints: {', '.join(env_block.build_constraints)}")
+    console.print(f"  ranking subset: {', '.join(spec.ranking_envs)}")
+    table = Table()
+    for col in ("env", "make", "observation", "action", "max steps", "wrappers"):
+        table.add_column(col)
+    for env in spec.envs:
+        table.add_row(
+            env.id, env.make_id + (f" {json.dumps(env.kwargs)}" if env.kwargs else ""),
+            env.observation_space.describe() if env.observation_space else "(not probed)",
+            env.action_space.describe() if env.action_space else "(not probed)",
+            str(env.max_episode_steps or "-"), ", ".join(env.wrappers) or "-",
+        )
+    console.print(table)
+
+
+@app.command()
+def build(
+    library: str,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    rebuild: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
+) -> None:
+    """Build (or reuse) the library's isolated environment."""
+    try:
+        spec = registry().get(library)
+        ref = get_backend(backend, console=err).prepare(spec, rebuild=rebuild)
+    except LdmEnvsError as exc:
+        _fail(exc)
+    console.print(f"{library} ready through {backend}: {ref}")
+
+
+@app.command()
+def probe(
+    library: str,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print, do not rewrite the manifest")] = False,
+) -> None:
+    """Fill or refresh the declared spaces from the real library, run in its environment."""
+    from ldm_envs.probe import probe_library
+
+    try:
+        entry = registry().entry(library)
+        spec, changes = probe_library(entry.spec, get_backend(backend, console=err), env)
+    except LdmEnvsError as exc:
+        _fail(exc)
+    for line in changes or ["all declared spaces already match the library"]:
+        console.print(f"  {line}")
+    if dry_run or entry.source is None:
+        import yaml
+
+        console.print(yaml.safe_dump(json.loads(spec.model_dump_json()), sort_keys=False))
+        return
+    write_manifest(spec, entry.source)
+    console.print(f"[green]wrote[/] {entry.source}")
+
+
+@app.command()
+def check(
+    library: str,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    steps: Annotated[int, typer.Option(help="batched random steps per env")] = 200,
+    num_envs: Annotated[int, typer.Option(help="copies of each env")] = 2,
+    env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
+) -> None:
+    """Random rollouts of every declared env, verifying spaces against what comes back."""
+    try:
+        spec = registry().get(library)
+        backend_obj = get_backend(backend, console=err)
+    except LdmEnvsError as exc:
+        _fail(exc)
+
+    def show_env(res: EnvCheck) -> None:
+        mark = "[green]ok[/]" if res.ok else "[red]FAIL[/]"
+        console.print(
+            f"  {mark} {res.env_id:<32} {res.observation:<24} {res.action:<22} "
+            f"{res.steps_per_second:>8.0f} steps/s {res.episodes:>4} episodes", highlight=False
+        )
+        for problem in res.problems:
+            console.print(f"      [red]{problem}[/]", highlight=False)
+
+    console.print(f"checking [bold]{library}[/] through [bold]{backend}[/]")
+    try:
+        report = check_library(spec, backend_obj, env_ids=env, steps=steps, num_envs=num_envs,
+                               on_env=show_env)
+    except LdmEnvsError as exc:
+        _fail(exc)
+    good = sum(e.ok for e in report.envs)
+    console.print(f"{good}/{len(report.envs)} envs passed in {report.seconds} s")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    envs: Annotated[int, typer.Option(help="number of CartPole envs")] = 8,
+    seconds: Annotated[float, typer.Option(help="time per contender")] = 3.0,
+    backend: Annotated[list[str] | None, typer.Option(help="isolated backends to measure")] = None,
+    workers: Annotated[int, typer.Option(help="workers per isolated backend")] = 1,
+    sb3: Annotated[bool, typer.Option(help="also compare SB3 PPO training speed")] = True,
+) -> None:
+    """Env-steps/s on CartPole: in-process Sync/Async vector envs vs the isolated backends."""
+    from ldm_envs.bench import run_benchmark
+
+    try:
+        run_benchmark(console, num_envs=envs, seconds=seconds, backends=backend or ["venv"],
+                      workers=workers, sb3=sb3)
+    except LdmEnvsError as exc:
+        _fail(exc)
+
+
+@app.command("docker-base")
+def docker_base(
+    python: Annotated[str, typer.Option(help="Python version inside the image")] = "3.11",
+    tag: Annotated[str | None, typer.Option(help="image tag (default ldm-base:py<ver>)")] = None,
+) -> None:
+    """Build a base image locally (debootstrap + docker import), no registry needed."""
+    try:
+        from ldm_envs.backends.docker import build_base
+
+        ref = build_base(python, tag=tag, console=err)
+    except (LdmEnvsError, RuntimeError) as exc:
+        _fail(exc)
+    console.print(f"base image ready: {ref}")
+
+
+def main() -> None:  # pragma: no cover - console script
+    """Entry point."""
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,70 @@
+"""One exception tree for ldm-envs, so callers can catch by kind and messages name the culprit."""
+
+from __future__ import annotations
+
+
+class LdmEnvsError(Exception):
+    """Base of every error raised by ldm-envs."""
+
+
+class SpaceError(LdmEnvsError, ValueError):
+    """A space is unsupported, malformed, or beyond the paper's size limits."""
+
+
+class ManifestError(LdmEnvsError, ValueError):
+    """A plugin manifest is malformed; the message names the plugin and the field."""
+
+
+class PluginError(LdmEnvsError):
+    """A plugin could not be loaded (import failure, wrong entry-point target, name mismatch)."""
+
+
+class UnknownLibraryError(LdmEnvsError, KeyError):
+    """A library name is not registered; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownEnvError(LdmEnvsError, KeyError):
+    """An env id is not declared by its library; the message lists the declared ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BuildError(LdmEnvsError):
+    """Building an isolated environment failed; carries the failing step's log."""
+
+    def __init__(self, library: str, step: str, log: str) -> None:
+        self.library = library
+        self.step = step
+        self.log = log
+        tail = "\n".join(log.strip().splitlines()[-40:])
+        super().__init__(f"building the environment of library {library!r} failed at {step}:\n{tail}")
+
+
+class WorkerError(LdmEnvsError):
+    """A worker failed: it crashed, hung, or an env inside it raised."""
+
+    def __init__(self, library: str, env_ids: list[str], cause: str) -> None:
+        self.library = library
+        self.env_ids = list(env_ids)
+        self.cause = cause
+        super().__init__(f"library {library!r}, env(s) {', '.join(self.env_ids)}: {cause}")
+
+
+class WorkerCrashedError(WorkerError):
+    """The worker process died or closed its connection."""
+
+
+class WorkerTimeoutError(WorkerError):
+    """The worker did not answer within the time limit (hung env or stuck process)."""
+
+
+class EnvRaisedError(WorkerError):
+    """An env raised inside the worker; the cause holds the remote traceback."""
+
+
+class ActionError(LdmEnvsError, ValueError):
+    """An action lies outside the env's declared action space."""

@@ -1,0 +1,252 @@
+"""The env-library spec: what a plugin declares so the host never imports the library itself.
+
+A manifest is plain data (usually `manifest.yaml` beside the plugin's `__init__.py`). The host
+validates it, builds the isolated environment from it, and hands the env declarations to the
+worker; `ldm-envs probe` rewrites the declared spaces from the real library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from ldm_envs.errors import ManifestError, SpaceError, UnknownEnvError
+from ldm_envs.spaces import Space, check_limits
+
+#: How many envs of a library the ranking stage trains on (paper section 4.2).
+RANKING_SUBSET_SIZE = 5
+_ENV_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]*-v\d+$")
+_LIB_NAME = re.compile(r"^[a-z0-9][a-z0-9\-]*$")
+
+
+class Api(str, Enum):
+    """Which step/reset semantics the library speaks; the worker adapts all to Gymnasium's."""
+
+    GYMNASIUM = "gymnasium"
+    GYM26 = "gym26"
+    GYM21 = "gym21"
+
+
+class IsolatedEnvironment(BaseModel):
+    """Everything needed to build the library's own environment (venv or docker image)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    python: str = Field(default="3.11", pattern=r"^\d+\.\d+(\.\d+)?$")
+    api: Api = Api.GYMNASIUM
+    requirements: list[str] = Field(min_length=1)
+    build_constraints: list[str] = []
+    apt_packages: list[str] = []
+    env_vars: dict[str, str] = {}
+    base_image: str | None = None
+
+    def content_hash(self, *extra: str) -> str:
+        """Short stable hash of what determines the built environment (the cache key)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True) + "|".join(extra)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class EnvSpec(BaseModel):
+    """One declared env: how to make it, and the spaces the host will see after the worker."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    gym_id: str | None = None
+    kwargs: dict[str, Any] = {}
+    max_episode_steps: int | None = Field(default=None, gt=0)
+    wrappers: list[str] = []
+    observation_space: Space | None = None
+    action_space: Space | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _versioned_id(cls, value: str) -> str:
+        if not _ENV_ID.match(value):
+            raise ValueError(f"env id {value!r} must look like Name-vN")
+        return value
+
+    @field_validator("wrappers")
+    @classmethod
+    def _wrapper_targets(cls, value: list[str]) -> list[str]:
+        for target in value:
+            if ":" not in target:
+                raise ValueError(f"wrapper {target!r} must be a 'module:Class' string")
+        return value
+
+    @property
+    def make_id(self) -> str:
+        """The id passed to the library's `make`."""
+        return self.gym_id or self.id
+
+    @property
+    def probed(self) -> bool:
+        """Whether both spaces are declared (a fresh scaffold has none until `probe`)."""
+        return self.observation_space is not None and self.action_space is not None
+
+    def worker_request(self) -> dict[str, Any]:
+        """What the worker needs to make this env (plain JSON)."""
+        return {
+            "id": self.id,
+            "gym_id": self.make_id,
+            "kwargs": self.kwargs,
+            "max_episode_steps": self.max_episode_steps,
+            "wrappers": self.wrappers,
+        }
+
+
+class EnvLibrarySpec(BaseModel):
+    """A plugin's manifest: the library, its isolated environment and its declared envs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    version: str
+    description: str = ""
+    requires_core: str = ""
+    environment: IsolatedEnvironment
+    imports: list[str] = []
+    envs: list[EnvSpec] = Field(min_length=1)
+    ranking_subset: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _lower_kebab(cls, value: str) -> str:
+        if not _LIB_NAME.match(value):
+            raise ValueError(f"library name {value!r} must be lower-case kebab-case")
+        return value
+
+    @field_validator("envs")
+    @classmethod
+    def _unique_and_within_limits(cls, envs: list[EnvSpec]) -> list[EnvSpec]:
+        seen: set[str] = set()
+        for env in envs:
+            if env.id in seen:
+                raise ValueError(f"env id {env.id!r} is declared twice")
+            seen.add(env.id)
+            if env.observation_space is not None and env.action_space is not None:
+                try:
+                    check_limits(env.observation_space, env.action_space, where=env.id)
+                except SpaceError as exc:
+                    raise ValueError(str(exc)) from exc
+        return envs
+
+    @field_validator("ranking_subset")
+    @classmethod
+    def _subset_of_envs(cls, subset: list[str], info: ValidationInfo) -> list[str]:
+        envs = info.data.get("envs")
+        if envs is None:  # envs failed validation; that error is reported on its own
+            return subset
+        declared = {e.id for e in envs}
+        unknown = [e for e in subset if e not in declared]
+        if unknown:
+            raise ValueError(f"names undeclared envs {unknown}")
+        if len(set(subset)) != len(subset):
+            raise ValueError("repeats an env")
+        wanted = min(RANKING_SUBSET_SIZE, len(envs))
+        if subset and len(subset) != wanted:
+            raise ValueError(f"has {len(subset)} envs; it needs {wanted}")
+        return subset
+
+    @property
+    def env_ids(self) -> list[str]:
+        """Declared env ids in manifest order."""
+        return [e.id for e in self.envs]
+
+    @property
+    def ranking_envs(self) -> list[str]:
+        """The ranking subset, defaulting to the first five declared envs."""
+        return self.ranking_subset or self.env_ids[:RANKING_SUBSET_SIZE]
+
+    def env(self, env_id: str) -> EnvSpec:
+        """The declared env with this id.
+
+        Raises:
+            UnknownEnvError: listing the declared ids.
+        """
+        for env in self.envs:
+            if env.id == env_id:
+                return env
+        raise UnknownEnvError(
+            f"library {self.name!r} declares no env {env_id!r}; declared: {', '.join(self.env_ids)}"
+        )
+
+
+def format_validation_error(plugin: str, exc: ValidationError) -> str:
+    """One line per problem, each naming the plugin and the field path."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"plugin {plugin!r}: field {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_manifest(data: Any, plugin: str) -> EnvLibrarySpec:
+    """Validate manifest data, turning pydantic's error into one that names plugin and field.
+
+    Raises:
+        ManifestError: when the data does not validate.
+    """
+    if isinstance(data, EnvLibrarySpec):
+        return data
+    if not isinstance(data, dict):
+        raise ManifestError(f"plugin {plugin!r}: manifest must be a mapping, got {type(data).__name__}")
+    try:
+        return EnvLibrarySpec.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(format_validation_error(plugin, exc)) from None
+
+
+def read_manifest(path: Path, plugin: str | None = None) -> EnvLibrarySpec:
+    """Read and validate a manifest file (YAML or JSON).
+
+    Raises:
+        ManifestError: naming the file when it is unreadable or malformed.
+    """
+    plugin = plugin or path.parent.name
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ManifestError(f"plugin {plugin!r}: cannot read manifest {path}: {exc}") from None
+    return parse_manifest(data, plugin)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def write_manifest(spec: EnvLibrarySpec, path: Path) -> None:
+    """Write a manifest atomically (temporary file, then rename) so a crash never truncates it."""
+    data = _plain(spec.model_dump(mode="python"))
+    text = yaml.safe_dump(data, sort_keys=False, width=100, default_flow_style=None)
+    atomic_write_text(path, text)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to `path` through a temporary sibling and `os.replace`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,409 @@
+"""EnvPool: many envs of one library across one or more workers, stepped in one round trip each.
+
+The pool is the layer both vector-env faces (`vector.py`) and the model's evaluation build on.
+Envs may differ in spaces (observations then come back as a list); when they all share spaces
+the observations are one stacked array. A worker that crashes, hangs or whose env raises is
+restarted up to `max_restarts` times: its envs' episodes end as truncated with the cause in
+their info (never silently), and past the limit the error propagates with library, env and cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from ldm_envs.backends import DEFAULT_BACKEND, Backend, get_backend
+from ldm_envs.errors import ActionError, SpaceError, WorkerError
+from ldm_envs.manifest import EnvLibrarySpec
+from ldm_envs.plugins import LibraryLike, resolve_library
+from ldm_envs.protocol import WorkerClient
+from ldm_envs.spaces import (
+    BoxSpace,
+    DiscreteSpace,
+    MultiBinarySpace,
+    MultiDiscreteSpace,
+    check_limits,
+    space_from_dict,
+)
+
+SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
+Obs = np.ndarray | list[np.ndarray]
+
+
+def action_dtype(space: SpaceModel) -> np.dtype:
+    """The dtype actions travel in."""
+    if isinstance(space, BoxSpace):
+        return np.dtype(space.dtype)
+    if isinstance(space, MultiBinarySpace):
+        return np.dtype(np.int8)
+    return np.dtype(np.int64)
+
+
+class ActionChecker:
+    """Vectorized membership test of a batch of actions in one action space."""
+
+    def __init__(self, space: SpaceModel) -> None:
+        self.space = space
+        self.dtype = action_dtype(space)
+        if isinstance(space, BoxSpace):
+            self.low, self.high = space.low_array(), space.high_array()
+            self.shape: tuple[int, ...] = space.shape
+        elif isinstance(space, DiscreteSpace):
+            self.low, self.high = np.int64(space.start), np.int64(space.start + space.n - 1)
+            self.shape = ()
+        elif isinstance(space, MultiDiscreteSpace):
+            start = np.asarray(space.start or [0] * len(space.nvec))
+            self.low, self.high = start, start + np.asarray(space.nvec) - 1
+            self.shape = (len(space.nvec),)
+        else:
+            self.low, self.high = np.int8(0), np.int8(1)
+            self.shape = (space.n,)
+
+    def bad_rows(self, actions: np.ndarray) -> np.ndarray:
+        """Indices of rows outside the space (NaN, out of bounds, non-integer)."""
+        flat = actions.reshape(actions.shape[0], -1)
+        ok = np.all((flat >= self.low.ravel() if np.ndim(self.low) else flat >= self.low)
+                    & (flat <= self.high.ravel() if np.ndim(self.high) else flat <= self.high),
+                    axis=1)
+        if self.dtype.kind in "iub" and actions.dtype.kind == "f":
+            ok &= np.all(np.mod(flat, 1) == 0, axis=1)
+        return np.flatnonzero(~ok)
+
+    def convert(
+        self, actions: Any, n: int, env_ids: Sequence[str], first_index: int = 0
+    ) -> np.ndarray:
+        """Cast to the wire dtype, checking shape and membership.
+
+        Raises:
+            ActionError: naming the env ids whose actions are outside the declared space.
+        """
+        arr = np.asarray(actions)
+        if arr.shape != (n, *self.shape):
+            if arr.size == n * int(np.prod(self.shape)):
+                arr = arr.reshape((n, *self.shape))
+            else:
+                raise ActionError(
+                    f"actions of shape {arr.shape} do not fit {n} envs of action space "
+                    f"{self.space.describe()} (expected {(n, *self.shape)})"
+                )
+        bad = self.bad_rows(arr)
+        if bad.size:
+            i = int(bad[0])
+            raise ActionError(
+                f"action {arr[i].tolist()!r} for env {env_ids[i]!r} (index {first_index + i}) is "
+                f"outside its "
+                f"action space {self.space.describe()}"
+                + (f" and {bad.size - 1} more" if bad.size > 1 else "")
+            )
+        return arr.astype(self.dtype, copy=False)
+
+
+@dataclass
+class StepResult:
+    """What one batched step returns; `infos[i]` holds `final_obs`/`final_info` when env i ended."""
+
+    obs: Obs
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    infos: list[dict[str, Any]]
+
+
+@dataclass
+class _Worker:
+    client: WorkerClient
+    indices: list[int]
+    stacked: bool = True
+    restarts: int = 0
+    last_obs: list[np.ndarray] = field(default_factory=list)
+    send_error: WorkerError | None = None
+
+    def send(self, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+        """Send, keeping a failure for `recv` so a dead worker is restarted like any other."""
+        try:
+            self.client.send(header, arrays)
+        except WorkerError as exc:
+            self.send_error = exc
+
+    def recv(self, timeout: float) -> tuple[dict[str, Any], list[np.ndarray]]:
+        if self.send_error is not None:
+            exc, self.send_error = self.send_error, None
+            raise exc
+        return self.client.recv(timeout)
+
+
+class EnvPool:
+    """Envs of one library behind one batched API, spread over `num_workers` workers."""
+
+    def __init__(
+        self,
+        library: LibraryLike,
+        env_ids: Sequence[str] | str,
+        *,
+        num_envs: int | None = None,
+        backend: str | Backend = DEFAULT_BACKEND,
+        num_workers: int = 1,
+        step_timeout: float = 30.0,
+        max_restarts: int = 3,
+        console: Console | None = None,
+    ) -> None:
+        self.spec: EnvLibrarySpec = resolve_library(library)
+        if isinstance(env_ids, str):
+            env_ids = [env_ids] * (num_envs or 1)
+        self.env_ids = list(env_ids)
+        if not self.env_ids:
+            raise ValueError("an EnvPool needs at least one env")
+        self.envs = [self.spec.env(e) for e in self.env_ids]  # unknown ids fail here, by name
+        self.num_envs = len(self.env_ids)
+        self.console = console or Console(stderr=True)
+        self.backend = backend if isinstance(backend, Backend) else get_backend(
+            backend, console=self.console
+        )
+        self.step_timeout = step_timeout
+        self.max_restarts = max_restarts
+        self.failures: list[dict[str, Any]] = []
+        self.observation_spaces: list[SpaceModel] = []
+        self.action_spaces: list[SpaceModel] = []
+        num_workers = max(1, min(num_workers, self.num_envs))
+        chunks = np.array_split(np.arange(self.num_envs), num_workers)
+        self.workers: list[_Worker] = []
+        self._closed = False
+        try:
+            self.backend.prepare(self.spec)
+            for chunk in chunks:
+                self.workers.append(self._start_worker([int(i) for i in chunk]))
+        except BaseException:
+            self.close()
+            raise
+        self.homogeneous = all(
+            o == self.observation_spaces[0] and a == self.action_spaces[0]
+            for o, a in zip(self.observation_spaces, self.action_spaces, strict=True)
+        )
+        self._checkers = self._make_checkers()
+        self._pending: np.ndarray | list[np.ndarray] | None = None
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _make_request(self, indices: list[int]) -> dict[str, Any]:
+        env_block = self.spec.environment
+        return {
+            "cmd": "make",
+            "api": env_block.api.value,
+            "imports": self.spec.imports,
+            "env_vars": env_block.env_vars,
+            "envs": [self.envs[i].worker_request() for i in indices],
+        }
+
+    def _start_worker(self, indices: list[int]) -> _Worker:
+        client = self.backend.spawn(self.spec)
+        client.env_ids = [self.env_ids[i] for i in indices]
+        try:
+            reply, _ = client.request(self._make_request(indices), timeout=max(self.step_timeout, 120))
+        except BaseException:
+            client.close()
+            raise
+        first_start = len(self.observation_spaces) < self.num_envs
+        for i, spaces in zip(indices, reply["spaces"], strict=True):
+            obs_space = space_from_dict(spaces["observation"])
+            act_space = space_from_dict(spaces["action"])
+            where = f"library {self.spec.name!r}, env {self.env_ids[i]!r}"
+            check_limits(obs_space, act_space, where=where)
+            declared = self.envs[i]
+            if declared.probed and (declared.observation_space, declared.action_space) != (
+                obs_space, act_space
+            ):
+                raise SpaceError(
+                    f"{where}: the library reports observation {obs_space.describe()} / action "
+                    f"{act_space.describe()} but the manifest declares "
+                    f"{declared.observation_space.describe()} / "  # type: ignore[union-attr]
+                    f"{declared.action_space.describe()}; run `ldm-envs probe {self.spec.name}`"  # type: ignore[union-attr]
+                )
+            if first_start:
+                self.observation_spaces.append(obs_space)
+                self.action_spaces.append(act_space)
+        return _Worker(client=client, indices=indices, stacked=bool(reply["stacked"]))
+
+    def _make_checkers(self) -> list[ActionChecker]:
+        if self.homogeneous:
+            return [ActionChecker(self.action_spaces[0])]
+        return [ActionChecker(s) for s in self.action_spaces]
+
+    # -- reset ---------------------------------------------------------------------------------
+
+    def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
+        if seed is None:
+            return [None] * self.num_envs
+        if isinstance(seed, int | np.integer):
+            return [int(seed) + i for i in range(self.num_envs)]
+        seeds = list(seed)
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
+        return seeds
+
+    def reset(
+        self, seed: int | Sequence[int | None] | None = None
+    ) -> tuple[Obs, list[dict[str, Any]]]:
+        """Reset every env; an int seed gives env i the seed `seed + i`."""
+        seeds = self._seeds(seed)
+        for w in self.workers:
+            w.client.send({"cmd": "reset", "seeds": [seeds[i] for i in w.indices]})
+        obs: list[np.ndarray] = [None] * self.num_envs  # type: ignore[list-item]
+        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        for w in self.workers:
+            reply, arrays = w.client.recv(max(self.step_timeout, 60))
+            self._scatter(w, reply, arrays[: self._n_obs_buffers(w, reply)], obs)
+            for k, info in reply.get("infos", {}).items():
+                infos[w.indices[int(k)]] = info
+        return self._gather(obs), infos
+
+    # -- step ----------------------------------------------------------------------------------
+
+    def step_send(self, actions: Any) -> None:
+        """Validate and send actions to every worker without waiting (pairs with `step_recv`)."""
+        if self.homogeneous:
+            arr = self._checkers[0].convert(actions, self.num_envs, self.env_ids)
+            self._pending = arr
+            for w in self.workers:
+                w.send({"cmd": "step"}, [arr[w.indices[0] : w.indices[-1] + 1]])
+            return
+        if len(actions) != self.num_envs:
+            raise ActionError(f"{len(actions)} actions for {self.num_envs} envs")
+        per_env = [
+            self._checkers[i].convert(np.asarray(a)[None], 1, [self.env_ids[i]], i)[0]
+            for i, a in enumerate(actions)
+        ]
+        self._pending = per_env
+        for w in self.workers:
+            rows = [per_env[i] for i in w.indices]
+            # heterogeneous action spaces travel as one flat float64 row per env
+            flat = np.stack([np.asarray(r, np.float64).ravel() for r in rows]) if len({
+                np.asarray(r).size for r in rows}) == 1 else None
+            if flat is None:
+                raise ActionError("envs in one worker need action spaces of one size")
+            w.send({"cmd": "step"}, [flat])
+
+    def step_recv(self) -> StepResult:
+        """Collect the replies of the step sent by `step_send`."""
+        n = self.num_envs
+        obs: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+        rewards = np.zeros(n, np.float64)
+        terminated = np.zeros(n, np.bool_)
+        truncated = np.zeros(n, np.bool_)
+        infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        for w in self.workers:
+            try:
+                reply, arrays = w.recv(self.step_timeout)
+            except WorkerError as exc:
+                self._restart(w, exc, obs, truncated, infos)
+                continue
+            k = self._n_obs_buffers(w, reply)
+            self._scatter(w, reply, arrays[:k], obs)
+            sl = slice(w.indices[0], w.indices[-1] + 1)
+            rewards[sl], terminated[sl], truncated[sl] = arrays[k], arrays[k + 1], arrays[k + 2]
+            for key, info in reply["infos"].items():
+                infos[w.indices[int(key)]] = info
+            for j, local in enumerate(reply["done"]):
+                i = w.indices[local]
+                info = dict(infos[i])
+                info["final_obs"] = arrays[k + 3 + j]
+                info["final_info"] = reply["final_infos"][str(local)]
+                infos[i] = info
+        self._pending = None
+        return StepResult(self._gather(obs), rewards, terminated, truncated, infos)
+
+    def step(self, actions: Any) -> StepResult:
+        """One batched step of every env (auto-reset in the same step)."""
+        self.step_send(actions)
+        return self.step_recv()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _n_obs_buffers(w: _Worker, reply: dict[str, Any]) -> int:
+        return 1 if reply.get("stacked", w.stacked) else len(w.indices)
+
+    def _scatter(
+        self, w: _Worker, reply: dict[str, Any], arrays: list[np.ndarray], obs: list[np.ndarray]
+    ) -> None:
+        if reply.get("stacked", w.stacked):
+            rows = list(arrays[0])
+        else:
+            rows = arrays
+        w.last_obs = rows
+        for i, row in zip(w.indices, rows, strict=True):
+            obs[i] = row
+
+    def _gather(self, obs: list[np.ndarray]) -> Obs:
+        return np.stack(obs) if self.homogeneous else obs
+
+    def _restart(
+        self,
+        w: _Worker,
+        exc: WorkerError,
+        obs: list[np.ndarray],
+        truncated: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
+        ids = [self.env_ids[i] for i in w.indices]
+        self.failures.append({"library": self.spec.name, "envs": ids, "cause": exc.cause})
+        if w.restarts >= self.max_restarts:
+            raise exc
+        w.restarts += 1
+        self.console.print(
+            f"[yellow]worker of {self.spec.name} ({', '.join(sorted(set(ids)))}) failed, "
+            f"restarting ({w.restarts}/{self.max_restarts}):[/] {exc.cause.splitlines()[0]}"
+        )
+        w.client.close()
+        last = w.last_obs
+        fresh = self._start_worker(w.indices)
+        w.client, w.stacked = fresh.client, fresh.stacked
+        reply, arrays = w.client.request(
+            {"cmd": "reset", "seeds": [None] * len(w.indices)}, timeout=max(self.step_timeout, 60)
+        )
+        self._scatter(w, reply, arrays, obs)
+        cause = exc.cause.splitlines()[0]
+        for j, i in enumerate(w.indices):
+            truncated[i] = True
+            infos[i] = {
+                "final_obs": last[j] if j < len(last) else obs[i],
+                "final_info": {"worker_restarted": cause},
+                "worker_restarted": cause,
+            }
+
+    def call(self, name: str, indices: Sequence[int] | None = None) -> list[Any]:
+        """Read an attribute of the remote envs (JSON-able values only)."""
+        indices = list(range(self.num_envs)) if indices is None else list(indices)
+        out: list[Any] = []
+        for w in self.workers:
+            local = [w.indices.index(i) for i in indices if i in w.indices]
+            if not local:
+                continue
+            reply, _ = w.client.request(
+                {"cmd": "get_attr", "name": name, "indices": local}, timeout=self.step_timeout
+            )
+            out.extend(reply["values"])
+        return out
+
+    def close(self) -> None:
+        """Close every worker (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for w in self.workers:
+            w.client.close()
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,85 @@
+"""Stable-Baselines3 `VecEnv` over an `EnvPool`, so SB3 trains through isolation unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+
+from ldm_envs.pool import EnvPool
+
+
+class LdmSB3VecEnv(VecEnv):
+    """SB3's vector API: `step_async` sends to every worker, `step_wait` gathers.
+
+    Done envs carry `terminal_observation`, `TimeLimit.truncated` and Monitor-style `episode`
+    statistics in their info, so SB3 bootstraps truncated episodes and logs returns as with
+    `Monitor` + `DummyVecEnv`.
+    """
+
+    def __init__(
+        self,
+        library: Any,
+        env_ids: Sequence[str] | str,
+        num_envs: int | None = None,
+        **pool_options: Any,
+    ) -> None:
+        self.pool: EnvPool = pool_options.pop("pool", None) or EnvPool(
+            library, env_ids, num_envs=num_envs, **pool_options
+        )
+        if not self.pool.homogeneous:
+            self.pool.close()
+            raise ValueError("an SB3 VecEnv needs envs that share their spaces")
+        super().__init__(
+            self.pool.num_envs,
+            self.pool.observation_spaces[0].to_gymnasium(),
+            self.pool.action_spaces[0].to_gymnasium(),
+        )
+
+    def reset(self) -> np.ndarray:
+        seeds = self._seeds if any(s is not None for s in self._seeds) else None
+        obs, infos = self.pool.reset(seeds)
+        self.reset_infos = infos
+        self._reset_seeds()
+        self._reset_options()
+        return obs  # type: ignore[return-value]
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.pool.step_send(actions)
+
+    def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        r = self.pool.step_recv()
+        dones = r.terminated | r.truncated
+        infos = r.infos
+        for i in np.flatnonzero(dones):
+            info = infos[i]
+            info["terminal_observation"] = info.pop("final_obs")
+            final = info.pop("final_info", {})
+            info.update(final)
+            info["TimeLimit.truncated"] = bool(r.truncated[i] and not r.terminated[i])
+            if "episode" in info:
+                info["episode"] = {**info["episode"], "t": 0.0}
+        return r.obs, r.rewards.astype(np.float32), dones, infos  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        if attr_name == "render_mode":
+            return [None] * len(self._get_indices(indices))
+        return self.pool.call(attr_name, list(self._get_indices(indices)))
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        raise NotImplementedError("remote envs are configured through the manifest's kwargs")
+
+    def env_method(
+        self, method_name: str, *method_args: Any, indices: VecEnvIndices = None, **kwargs: Any
+    ) -> list[Any]:
+        raise NotImplementedError("remote env methods are not exposed; use the manifest")
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        # The worker reports Monitor's episode statistics itself.
+        is_monitor = wrapper_class.__name__ == "Monitor"
+        return [is_monitor] * len(self._get_indices(indices))

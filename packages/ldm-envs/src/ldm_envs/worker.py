@@ -1,0 +1,558 @@
+"""The env worker: hosts a batch of envs inside a library's isolated environment.
+
+It is one self-contained file run by path (`python worker.py --connect SOCK`) with the isolated
+interpreter, so it depends only on the standard library and NumPy and keeps to Python 3.6 syntax.
+The wire format lives here too (the host imports `pack`/`recv_message` from this module): a fixed
+prefix, a small JSON header, then raw array buffers. Nothing is ever pickled.
+
+Semantics are Gymnasium's whatever the library speaks: gym 0.21 (`done` + `TimeLimit.truncated`)
+and gym 0.26 are adapted to terminated/truncated; episodes auto-reset in the same step, the last
+observation travelling as `final_obs`.
+"""
+
+import importlib
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import time
+import traceback
+import warnings
+
+import numpy as np
+
+PROTOCOL_VERSION = 1
+MAGIC = b"LDM1"
+_PREFIX = struct.Struct("<4sII")  # magic, header length, number of buffers
+_LENGTH = struct.Struct("<Q")
+
+
+# ---------------------------------------------------------------------------------------------
+# Wire format
+# ---------------------------------------------------------------------------------------------
+
+
+def pack(header, arrays=()):
+    """Serialize a header dict and a sequence of arrays into the frames of one message."""
+    metas = []
+    buffers = []
+    for arr in arrays:
+        arr = np.ascontiguousarray(arr)
+        metas.append([arr.dtype.str, list(arr.shape)])
+        buffers.append(arr.data.cast("B") if arr.nbytes else b"")
+    header = dict(header)
+    header["arrays"] = metas
+    body = json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
+    lengths = b"".join(_LENGTH.pack(len(b)) for b in buffers)
+    return [_PREFIX.pack(MAGIC, len(body), len(buffers)), lengths, body] + buffers
+
+
+def send_message(sock, header, arrays=()):
+    """Send one message; large buffers go out without being joined into one bytes object."""
+    frames = pack(header, arrays)
+    if sum(len(f) for f in frames[3:]) <= 65536:
+        sock.sendall(b"".join(frames))
+    else:
+        sock.sendall(b"".join(frames[:3]))
+        for frame in frames[3:]:
+            sock.sendall(frame)
+
+
+class Channel(object):
+    """Buffered message reader over a blocking socket, spinning briefly before sleeping.
+
+    A reply usually arrives within microseconds; sleeping in `recv` costs a scheduler wake-up
+    (~40 us per direction on a small VM), so each side polls without blocking for `spin`
+    seconds first, then falls back to `select` with the caller's timeout. One `recv_into` usually
+    brings in a whole message.
+    """
+
+    def __init__(self, sock, spin=0.0):
+        self.sock = sock
+        self.spin = spin
+        self.buf = bytearray(1 << 16)
+        self.start = 0
+        self.end = 0
+
+    def send(self, header, arrays=()):
+        send_message(self.sock, header, arrays)
+
+    def _ensure(self, need, deadline):
+        while self.end - self.start < need:
+            if self.start + need > len(self.buf):
+                pending = self.buf[self.start:self.end]
+                if need > len(self.buf):
+                    self.buf = bytearray(max(need, 2 * len(self.buf)))
+                self.buf[:len(pending)] = pending
+                self.start, self.end = 0, len(pending)
+            self.end += self._recv_some(deadline)
+
+    def _recv_some(self, deadline):
+        view = memoryview(self.buf)[self.end:]
+        if self.spin > 0:
+            stop = time.perf_counter() + self.spin
+            while True:
+                try:
+                    k = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    if time.perf_counter() < stop:
+                        continue
+                    break
+                if k == 0:
+                    raise ConnectionError("peer closed the connection")
+                return k
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = select.select([self.sock], [], [], max(0.0, remaining))
+            if not ready:
+                raise TimeoutError("no message within the time limit")
+        k = self.sock.recv_into(view)
+        if k == 0:
+            raise ConnectionError("peer closed the connection")
+        return k
+
+    def _take(self, n, deadline):
+        self._ensure(n, deadline)
+        out = memoryview(self.buf)[self.start:self.start + n]
+        self.start += n
+        if self.start == self.end:
+            self.start = self.end = 0
+        return out
+
+    def recv(self, timeout=None):
+        """Receive one message: returns (header dict, list of arrays that own their memory)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        magic, body_len, n_buffers = _PREFIX.unpack(bytes(self._take(_PREFIX.size, deadline)))
+        if magic != MAGIC:
+            raise ConnectionError("bad magic %r: not an ldm worker stream" % (magic,))
+        raw = bytes(self._take(_LENGTH.size * n_buffers, deadline)) if n_buffers else b""
+        lengths = [_LENGTH.unpack_from(raw, i * _LENGTH.size)[0] for i in range(n_buffers)]
+        header = json.loads(bytes(self._take(body_len, deadline)).decode("utf-8"))
+        metas = header.pop("arrays", [])
+        arrays = []
+        for (dtype, shape), length in zip(metas, lengths):
+            data = bytearray(self._take(length, deadline)) if length else bytearray()
+            arr = np.frombuffer(data, dtype=np.dtype(dtype)) if length else np.zeros(
+                0, np.dtype(dtype))
+            arrays.append(arr.reshape(shape))
+        return header, arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# Spaces: described as plain dicts, whatever gym flavour defines them
+# ---------------------------------------------------------------------------------------------
+
+
+def _kind(space):
+    return type(space).__name__
+
+
+def _compress(values):
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    if flat.size and np.all(flat == flat[0]):
+        return float(flat[0])
+    return [float(v) for v in flat]
+
+
+def describe_space(space):
+    """Describe a leaf space as the plain dict the host's pydantic models validate."""
+    kind = _kind(space)
+    if kind == "Box":
+        return {"type": "box", "shape": [int(d) for d in space.shape],
+                "dtype": np.dtype(space.dtype).name,
+                "low": _compress(space.low), "high": _compress(space.high)}
+    if kind == "Discrete":
+        return {"type": "discrete", "n": int(space.n), "start": int(getattr(space, "start", 0))}
+    if kind == "MultiDiscrete":
+        nvec = np.asarray(space.nvec)
+        if nvec.ndim != 1:
+            raise ValueError("MultiDiscrete with shape %s is not flat" % (nvec.shape,))
+        out = {"type": "multi_discrete", "nvec": [int(n) for n in nvec]}
+        start = getattr(space, "start", None)
+        if start is not None and np.any(np.asarray(start) != 0):
+            out["start"] = [int(s) for s in np.asarray(start)]
+        return out
+    if kind == "MultiBinary":
+        return {"type": "multi_binary", "n": int(np.prod(np.atleast_1d(space.n)))}
+    raise ValueError("unsupported space %s" % kind)
+
+
+def _is_image(space):
+    return (_kind(space) == "Box" and np.dtype(space.dtype) == np.uint8
+            and len(space.shape) == 3)
+
+
+def _children(space):
+    kind = _kind(space)
+    if kind == "Dict":
+        return list(space.spaces.items())
+    if kind == "Tuple":
+        return [(str(i), s) for i, s in enumerate(space.spaces)]
+    return None
+
+
+class Flattener(object):
+    """Turns Dict/Tuple observations into one float32 vector; leaves leaf spaces alone.
+
+    Discrete and MultiDiscrete parts become their integer values (not one-hot) so they cost one
+    dim each, as the model tokenizes discrete values by lookup.
+    """
+
+    def __init__(self, space, path="observation"):
+        self.children = _children(space)
+        self.space = space
+        if self.children is None:
+            return
+        self.parts = []
+        lows, highs = [], []
+        for key, sub in self.children:
+            where = "%s[%r]" % (path, key)
+            if _is_image(sub):
+                raise ValueError(
+                    "%s is an image inside a %s space: add a wrapper that selects it "
+                    "(for MiniGrid: minigrid.wrappers:ImgObsWrapper)" % (where, _kind(space)))
+            if _children(sub) is not None:
+                child = Flattener(sub, where)
+                self.parts.append((key, child))
+                lows.append(np.asarray(child.low))
+                highs.append(np.asarray(child.high))
+                continue
+            kind = _kind(sub)
+            if kind == "Box":
+                lo, hi = np.asarray(sub.low, np.float64).ravel(), np.asarray(sub.high, np.float64).ravel()
+            elif kind == "Discrete":
+                start = int(getattr(sub, "start", 0))
+                lo, hi = np.array([start], np.float64), np.array([start + int(sub.n) - 1], np.float64)
+            elif kind == "MultiDiscrete":
+                nvec = np.asarray(sub.nvec, np.float64).ravel()
+                lo, hi = np.zeros_like(nvec), nvec - 1
+            elif kind == "MultiBinary":
+                n = int(np.prod(np.atleast_1d(sub.n)))
+                lo, hi = np.zeros(n), np.ones(n)
+            else:
+                raise ValueError("%s: unsupported space %s" % (where, kind))
+            self.parts.append((key, None))
+            lows.append(lo)
+            highs.append(hi)
+        self.low = np.concatenate(lows).astype(np.float32)
+        self.high = np.concatenate(highs).astype(np.float32)
+
+    @property
+    def active(self):
+        return self.children is not None
+
+    def describe(self):
+        if not self.active:
+            return describe_space(self.space)
+        return {"type": "box", "shape": [int(self.low.size)], "dtype": "float32",
+                "low": _compress(self.low), "high": _compress(self.high)}
+
+    def _flat_parts(self, obs):
+        for key, child in self.parts:
+            value = obs[key] if _kind(self.space) == "Dict" else obs[int(key)]
+            if child is not None:
+                for part in child._flat_parts(value):
+                    yield part
+            else:
+                yield np.asarray(value, dtype=np.float32).ravel()
+
+    def __call__(self, obs):
+        if not self.active:
+            return obs
+        return np.concatenate(list(self._flat_parts(obs))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hosting envs
+# ---------------------------------------------------------------------------------------------
+
+
+def _import_target(target):
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _jsonable(value, depth=0):
+    """Best-effort conversion of an info value to JSON (arrays become lists, objects repr)."""
+    if depth > 6:
+        return repr(value)
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 4096 else repr(value)
+    if isinstance(value, dict):
+        return dict((str(k), _jsonable(v, depth + 1)) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    return repr(value)
+
+
+class HostedEnv(object):
+    """One env plus the adapters that make it speak Gymnasium semantics."""
+
+    def __init__(self, gym, api, request):
+        self.id = request["id"]
+        self.api = api
+        kwargs = dict(request.get("kwargs") or {})
+        limit = request.get("max_episode_steps")
+        if limit and api != "gym21":
+            kwargs["max_episode_steps"] = limit
+        self.env = gym.make(request["gym_id"], **kwargs)
+        for target in request.get("wrappers") or []:
+            self.env = _import_target(target)(self.env)
+        self.max_steps = limit
+        self.obs_flat = Flattener(self.env.observation_space)
+        if _children(self.env.action_space) is not None:
+            raise ValueError("%s: Dict/Tuple action spaces are not supported" % self.id)
+        self.action_kind = _kind(self.env.action_space)
+        self.obs_dtype = None
+        self.steps = 0
+        self.ep_return = 0.0
+
+    def spaces(self):
+        obs = self.obs_flat.describe()
+        self.obs_dtype = np.dtype(obs["dtype"]) if obs["type"] == "box" else np.dtype(np.int64)
+        if obs["type"] in ("multi_binary",):
+            self.obs_dtype = np.dtype(np.int8)
+        return {"observation": obs, "action": describe_space(self.env.action_space),
+                "raw_observation": _kind(self.env.observation_space)}
+
+    def _obs(self, raw):
+        return np.asarray(self.obs_flat(raw), dtype=self.obs_dtype)
+
+    def reset(self, seed):
+        self.steps = 0
+        self.ep_return = 0.0
+        if self.api == "gym21":
+            if seed is not None:
+                self.env.seed(int(seed))
+            raw, info = self.env.reset(), {}
+        else:
+            out = self.env.reset(seed=None if seed is None else int(seed))
+            raw, info = out
+        return self._obs(raw), info
+
+    def _action(self, action):
+        space = self.env.action_space
+        if self.action_kind == "Discrete":
+            return int(np.asarray(action).reshape(-1)[0])
+        if self.action_kind == "Box":
+            return np.asarray(action, dtype=space.dtype).reshape(space.shape)
+        if self.action_kind == "MultiBinary":
+            return np.asarray(action).reshape(space.shape).astype(np.int8)
+        return np.asarray(action).reshape(-1).astype(np.int64)
+
+    def step(self, action):
+        out = self.env.step(self._action(action))
+        if self.api == "gym21":
+            raw, reward, done, info = out
+            info = dict(info or {})
+            truncated = bool(done and info.pop("TimeLimit.truncated", False))
+            terminated = bool(done) and not truncated
+        else:
+            raw, reward, terminated, truncated, info = out
+            terminated, truncated = bool(terminated), bool(truncated)
+        self.steps += 1
+        reward = float(reward)
+        self.ep_return += reward
+        if self.max_steps and self.steps >= self.max_steps and not terminated:
+            truncated = True
+        return self._obs(raw), reward, terminated, truncated, info
+
+    def close(self):
+        try:
+            self.env.close()
+        except Exception:
+            pass
+
+
+class EnvGroup(object):
+    """All envs of one worker; `handle` answers one request with one reply.
+
+    The inprocess backend calls `handle` directly; the socket loop below calls it for the venv
+    and docker backends, so all three share these semantics.
+    """
+
+    def __init__(self):
+        self.envs = []
+        self.gym = None
+        self.stacked = True
+
+    def handle(self, header, arrays):
+        cmd = header.get("cmd")
+        method = getattr(self, "cmd_" + str(cmd), None)
+        if method is None:
+            raise ValueError("unknown command %r" % (cmd,))
+        return method(header, arrays)
+
+    def cmd_hello(self, header, arrays):
+        return {"protocol": PROTOCOL_VERSION, "python": sys.version.split()[0],
+                "numpy": np.__version__, "pid": os.getpid()}, []
+
+    def cmd_make(self, header, arrays):
+        for key, value in (header.get("env_vars") or {}).items():
+            os.environ[key] = str(value)
+        api = header["api"]
+        self.gym = importlib.import_module("gymnasium" if api == "gymnasium" else "gym")
+        for module in header.get("imports") or []:
+            importlib.import_module(module)
+        self.close_envs()
+        spaces = []
+        for i, request in enumerate(header["envs"]):
+            try:
+                env = HostedEnv(self.gym, api, request)
+                self.envs.append(env)
+                spaces.append(env.spaces())
+            except Exception as exc:
+                exc.env_index = i
+                raise
+        self.stacked = len(set(json.dumps(s["observation"], sort_keys=True) for s in spaces)) <= 1
+        return {"spaces": spaces, "stacked": self.stacked}, []
+
+    def _pack_obs(self, obs_list):
+        if self.stacked:
+            return [np.stack(obs_list)]
+        return list(obs_list)
+
+    def cmd_reset(self, header, arrays):
+        seeds = header.get("seeds") or [None] * len(self.envs)
+        indices = header.get("indices")
+        indices = list(range(len(self.envs))) if indices is None else indices
+        obs, infos = [], {}
+        for i, seed in zip(indices, seeds):
+            try:
+                o, info = self.envs[i].reset(seed)
+            except Exception as exc:
+                exc.env_index = i
+                raise
+            obs.append(o)
+            if info:
+                infos[str(i)] = _jsonable(info)
+        if len(indices) != len(self.envs):
+            return {"infos": infos, "stacked": False}, obs
+        return {"infos": infos, "stacked": self.stacked}, self._pack_obs(obs)
+
+    def cmd_step(self, header, arrays):
+        actions = arrays[0]
+        n = len(self.envs)
+        rewards = np.zeros(n, np.float64)
+        terminated = np.zeros(n, np.bool_)
+        truncated = np.zeros(n, np.bool_)
+        obs, finals, infos, final_infos, done_idx = [], [], {}, {}, []
+        for i, env in enumerate(self.envs):
+            try:
+                o, r, term, trunc, info = env.step(actions[i])
+                rewards[i], terminated[i], truncated[i] = r, term, trunc
+                if term or trunc:
+                    done_idx.append(i)
+                    finals.append(o)
+                    fin = _jsonable(info) if info else {}
+                    fin["episode"] = {"r": env.ep_return, "l": env.steps}
+                    final_infos[str(i)] = fin
+                    o, info = env.reset(None)
+            except Exception as exc:
+                exc.env_index = i
+                raise
+            obs.append(o)
+            if info:
+                infos[str(i)] = _jsonable(info)
+        out = self._pack_obs(obs) + [rewards, terminated, truncated]
+        out += finals
+        reply = {"infos": infos, "final_infos": final_infos, "done": done_idx,
+                 "stacked": self.stacked}
+        return reply, out
+
+    def cmd_probe(self, header, arrays):
+        reply, _ = self.cmd_make(header, arrays)
+        # one real reset + step per env proves the declared spaces match what comes back
+        checks = []
+        for env in self.envs:
+            o, _info = env.reset(0)
+            a = env.env.action_space.sample()
+            o2, _r, _te, _tr, _i = env.step(a)
+            checks.append({"obs_shape": list(np.shape(o)), "obs_dtype": np.asarray(o).dtype.name,
+                           "step_obs_shape": list(np.shape(o2))})
+        reply["checks"] = checks
+        return reply, []
+
+    def cmd_get_attr(self, header, arrays):
+        name = header["name"]
+        indices = header.get("indices")
+        indices = list(range(len(self.envs))) if indices is None else indices
+        values = [_jsonable(getattr(self.envs[i].env, name)) for i in indices]
+        return {"values": values}, []
+
+    def cmd_crash(self, header, arrays):
+        """Test hook: die abruptly, as a segfaulting native library would."""
+        os._exit(int(header.get("code", 3)))
+
+    def cmd_hang(self, header, arrays):
+        """Test hook: stop answering, as a deadlocked env would."""
+        import time
+        time.sleep(float(header.get("seconds", 3600)))
+        return {}, []
+
+    def close_envs(self):
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+    def cmd_close(self, header, arrays):
+        self.close_envs()
+        return {"closed": True}, []
+
+
+def error_reply(exc):
+    return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
+            "env_index": getattr(exc, "env_index", None),
+            "traceback": traceback.format_exc()}
+
+
+def serve(sock, spin=0.0002):
+    """Answer requests until the host closes the connection or sends `close`."""
+    group = EnvGroup()
+    channel = Channel(sock, spin)
+    while True:
+        try:
+            header, arrays = channel.recv()
+        except ConnectionError:
+            break
+        cmd = header.get("cmd")
+        try:
+            reply, out = group.handle(header, arrays)
+            reply["ok"] = True
+        except Exception as exc:
+            reply, out = error_reply(exc), []
+        channel.send(reply, out)
+        if cmd == "close":
+            break
+    group.close_envs()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2 or argv[0] != "--connect":
+        sys.stderr.write("usage: worker.py --connect SOCKET_PATH\n")
+        return 2
+    warnings.simplefilter("ignore")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(argv[1])
+    spin = float(os.environ.get("LDM_WORKER_SPIN_US", "200")) * 1e-6
+    try:
+        serve(sock, spin)
+    finally:
+        sock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Shared fixtures: an isolated data home per session and the toy library's spec."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ldm_envs.manifest import EnvLibrarySpec
+from ldm_envs.plugins import registry
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep venvs and check results out of the user's data home, shared across the session.
+
+    `LDM_TEST_HOME` reuses a folder between runs (CI caches nothing; locally it saves builds).
+    """
+    keep = os.environ.get("LDM_TEST_HOME")
+    home = Path(keep) if keep else tmp_path_factory.mktemp("ldm-home")
+    old = os.environ.get("LDM_HOME")
+    os.environ["LDM_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("LDM_HOME", None)
+    else:
+        os.environ["LDM_HOME"] = old
+    if not keep:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def toy() -> EnvLibrarySpec:
+    """The toy plugin's manifest, discovered through its real entry point."""
+    return registry().get("toy")

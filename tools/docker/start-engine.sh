@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Start a Docker engine for ldm's `docker` isolation backend, by hand (no systemd needed).
+#
+# Idempotent: installs docker.io + debootstrap with apt when missing, starts dockerd in the
+# background when nothing answers on the socket, waits until `docker info` works, and prints
+# the DOCKER_HOST line to export. Safe to run from CI (no stdin) and when already running.
+#
+# Environment (all optional):
+#   LDM_DOCKER_SOCK     unix socket path                      (/var/run/docker.sock)
+#   LDM_DOCKER_DATA     dockerd --data-root                   (/var/lib/docker)
+#   LDM_DOCKER_EXEC     dockerd --exec-root                   (/var/run/docker-exec)
+#   LDM_DOCKER_PIDFILE  dockerd --pidfile                     ($LDM_DOCKER_EXEC.pid)
+#   LDM_DOCKER_LOG      dockerd log file                      (/var/log/ldm-dockerd.log)
+#   LDM_DOCKER_DRIVER   storage driver (overlay2, vfs, ...)   (auto: overlay2, then vfs)
+#   LDM_DOCKER_WAIT     seconds to wait for the engine        (60)
+#   LDM_DOCKER_GROUP    group owning the socket, if it exists (docker)
+#   LDM_DOCKER_NO_INSTALL=1   never call apt
+#
+# Usage:  eval "$(tools/docker/start-engine.sh --export)"   # sets DOCKER_HOST in this shell
+#         tools/docker/start-engine.sh --check              # also test memory/pids limits
+set -euo pipefail
+
+SOCK="${LDM_DOCKER_SOCK:-/var/run/docker.sock}"
+DATA="${LDM_DOCKER_DATA:-/var/lib/docker}"
+EXEC="${LDM_DOCKER_EXEC:-/var/run/docker-exec}"
+PIDFILE="${LDM_DOCKER_PIDFILE:-${EXEC}.pid}"
+LOG="${LDM_DOCKER_LOG:-/var/log/ldm-dockerd.log}"
+DRIVER="${LDM_DOCKER_DRIVER:-}"
+WAIT="${LDM_DOCKER_WAIT:-60}"
+GROUP="${LDM_DOCKER_GROUP:-docker}"
+HOST="unix://${SOCK}"
+
+EXPORT_ONLY=0
+CHECK=0
+for arg in "$@"; do
+    case "$arg" in
+        --export) EXPORT_ONLY=1 ;;
+        --check) CHECK=1 ;;
+        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) echo "start-engine.sh: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+say() { echo "start-engine: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+# Prefer Debian's CLI when present: a newer static CLI elsewhere on PATH also works (the API
+# version is negotiated), but the distro one matches the daemon we start.
+DOCKER_CLI="$(command -v docker || true)"
+[[ -x /usr/bin/docker ]] && DOCKER_CLI=/usr/bin/docker
+
+engine_up() {
+    [[ -n "$DOCKER_CLI" ]] || return 1
+    timeout 10 "$DOCKER_CLI" -H "$HOST" info >/dev/null 2>&1
+}
+
+sudo_if_needed() {
+    if [[ "$(id -u)" -eq 0 ]]; then "$@"; else sudo -n "$@"; fi
+}
+
+install_packages() {
+    local missing=()
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
+    [[ "${LDM_DOCKER_NO_INSTALL:-0}" == 1 ]] && die "missing ${missing[*]} and LDM_DOCKER_NO_INSTALL=1"
+    command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
+    say "installing ${missing[*]} with apt"
+    # Wait (bounded) for another apt/dpkg to release its lock instead of failing.
+    export DEBIAN_FRONTEND=noninteractive
+    sudo_if_needed apt-get -o DPkg::Lock::Timeout=600 update -q </dev/null >&2
+    sudo_if_needed apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends \
+        "${missing[@]}" </dev/null >&2
+    DOCKER_CLI="$(command -v docker || true)"
+    [[ -x /usr/bin/docker ]] && DOCKER_CLI=/usr/bin/docker
+}
+
+pick_driver() {
+    # overlay2 needs the overlay filesystem and a data-root that is not itself on overlayfs.
+    [[ -n "$DRIVER" ]] && { echo "$DRIVER"; return; }
+    mkdir -p "$DATA"
+    local fstype
+    fstype="$(stat -fc %T "$DATA" 2>/dev/null || echo unknown)"
+    if grep -qw overlay /proc/filesystems && [[ "$fstype" != overlayfs ]]; then
+        echo overlay2
+    else
+        echo vfs
+    fi
+}
+
+start_daemon() {
+    local driver="$1"
+    mkdir -p "$DATA" "$EXEC" "$(dirname "$SOCK")" "$(dirname "$LOG")" "$(dirname "$PIDFILE")"
+    # A stale pidfile from a dead daemon makes dockerd refuse to start.
+    if [[ -f "$PIDFILE" ]]; then
+        local old
+        old="$(cat "$PIDFILE" 2>/dev/null || true)"
+        if [[ -n "$old" ]] && kill -0 "$old" 2>/dev/null; then
+            say "dockerd pid $old is alive (pidfile $PIDFILE) but not answering yet; waiting"
+            return 0
+        fi
+        rm -f "$PIDFILE"
+    fi
+    [[ -S "$SOCK" ]] && rm -f "$SOCK"
+    local group_args=()
+    if getent group "$GROUP" >/dev/null 2>&1; then group_args=(--group "$GROUP"); fi
+    say "starting dockerd (storage driver $driver, data $DATA, log $LOG)"
+    # setsid + nohup: survive the CI step / shell that started it; stdin from /dev/null.
+    setsid nohup dockerd \
+        --host "$HOST" \
+        --data-root "$DATA" \
+        --exec-root "$EXEC" \
+        --pidfile "$PIDFILE" \
+        --storage-driver "$driver" \
+        "${group_args[@]}" \
+        </dev/null >>"$LOG" 2>&1 &
+    DOCKERD_PID=$!
+}
+
+wait_engine() {
+    local deadline=$((SECONDS + WAIT))
+    while ((SECONDS < deadline)); do
+        engine_up && return 0
+        if [[ -n "${DOCKERD_PID:-}" ]] && ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            say "dockerd exited early; last lines of $LOG:"
+            tail -n 30 "$LOG" >&2 || true
+            return 1
+        fi
+        sleep 1
+    done
+    say "engine did not answer on $SOCK within ${WAIT}s; last lines of $LOG:"
+    tail -n 30 "$LOG" >&2 || true
+    return 1
+}
+
+check_limits() {
+    # Fails loudly when cgroup limits are silently ignored (the sandbox would then be toothless).
+    local img="${LDM_DOCKER_CHECK_IMAGE:-}"
+    if [[ -z "$img" ]]; then
+        img="$("$DOCKER_CLI" -H "$HOST" images --format '{{.Repository}}:{{.Tag}}' \
+            | grep -m1 '^ldm-base:' || true)"
+    fi
+    if [[ -z "$img" ]]; then
+        say "--check: no ldm-base image yet (build one first, or set LDM_DOCKER_CHECK_IMAGE)"
+        return 0
+    fi
+    local out
+    out="$("$DOCKER_CLI" -H "$HOST" run --rm --network none --memory 64m --pids-limit 32 "$img" \
+        sh -c 'cat /sys/fs/cgroup/memory.max 2>/dev/null \
+                 || cat /sys/fs/cgroup/memory/memory.limit_in_bytes;
+               cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max')"
+    say "--check with $img: memory limit/pids max = $(echo "$out" | tr '\n' ' ')"
+    [[ "$(echo "$out" | head -n1)" == 67108864 ]] || die "memory limit not applied"
+    [[ "$(echo "$out" | tail -n1)" == 32 ]] || die "pids limit not applied"
+}
+
+DOCKERD_PID=""
+if engine_up; then
+    say "engine already answering on $SOCK"
+else
+    install_packages
+    command -v dockerd >/dev/null 2>&1 || die "dockerd not found after install"
+    start_daemon "$(pick_driver)"
+    wait_engine || die "could not start dockerd"
+    say "engine up: $("$DOCKER_CLI" -H "$HOST" info --format \
+        'server {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}}' 2>/dev/null \
+        || echo ok)"
+fi
+
+# Let a non-root user reach the socket only through the docker group (never chmod 666).
+if [[ "$CHECK" == 1 ]]; then check_limits; fi
+
+if [[ "$EXPORT_ONLY" == 1 ]]; then
+    echo "export DOCKER_HOST=$HOST"
+else
+    echo "DOCKER_HOST=$HOST"
+    say "run: export DOCKER_HOST=$HOST"
+fi
