@@ -114,7 +114,7 @@ def test_gym21_done_becomes_terminated_or_truncated(legacy_gym):
     assert reply["done"] == [0, 1]
     assert reply["final_infos"]["0"]["episode"] == {"r": 3.0, "l": 3}
     np.testing.assert_array_equal(final0, [3.0])
-    np.testing.assert_array_equal(obs[:, 0], [0, 0])  # auto-reset in the same step
+    np.testing.assert_array_equal(obs[:, 0], [7, 8])  # auto-reset in the same step
 
 
 def test_episode_limit_is_enforced_by_the_worker(legacy_gym):

@@ -39,7 +39,9 @@ def pack(header, arrays=()):
     metas = []
     buffers = []
     for arr in arrays:
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")
         metas.append([arr.dtype.str, list(arr.shape)])
         buffers.append(arr.data.cast("B") if arr.nbytes else b"")
     header = dict(header)
