@@ -14,6 +14,7 @@
 #   LDM_DOCKER_DRIVER   storage driver (overlay2, vfs, ...)   (auto: overlay2, then vfs)
 #   LDM_DOCKER_WAIT     seconds to wait for the engine        (60)
 #   LDM_DOCKER_GROUP    group owning the socket, if it exists (docker)
+#   LDM_DOCKERD_EXTRA_ARGS  more dockerd flags, word-split (e.g. "--bridge=none --iptables=false")
 #   LDM_DOCKER_NO_INSTALL=1   never call apt
 #
 # Usage:  eval "$(tools/docker/start-engine.sh --export)"   # sets DOCKER_HOST in this shell
@@ -36,7 +37,7 @@ for arg in "$@"; do
     case "$arg" in
         --export) EXPORT_ONLY=1 ;;
         --check) CHECK=1 ;;
-        -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "start-engine.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -102,8 +103,10 @@ start_daemon() {
         rm -f "$PIDFILE"
     fi
     [[ -S "$SOCK" ]] && rm -f "$SOCK"
-    local group_args=()
+    local group_args=() extra_args=()
     if getent group "$GROUP" >/dev/null 2>&1; then group_args=(--group "$GROUP"); fi
+    # shellcheck disable=SC2206  # word splitting wanted
+    extra_args=(${LDM_DOCKERD_EXTRA_ARGS:-})
     say "starting dockerd (storage driver $driver, data $DATA, log $LOG)"
     # setsid + nohup: survive the CI step / shell that started it; stdin from /dev/null.
     setsid nohup dockerd \
@@ -113,6 +116,7 @@ start_daemon() {
         --pidfile "$PIDFILE" \
         --storage-driver "$driver" \
         "${group_args[@]}" \
+        "${extra_args[@]}" \
         </dev/null >>"$LOG" 2>&1 &
     DOCKERD_PID=$!
 }
@@ -167,7 +171,6 @@ else
         || echo ok)"
 fi
 
-# Let a non-root user reach the socket only through the docker group (never chmod 666).
 if [[ "$CHECK" == 1 ]]; then check_limits; fi
 
 if [[ "$EXPORT_ONLY" == 1 ]]; then
