@@ -2,7 +2,6 @@ from importlib.metadata import EntryPoint
 
 import pytest
 import yaml
-
 from ldm_envs.errors import ManifestError, PluginError, UnknownEnvError, UnknownLibraryError
 from ldm_envs.manifest import parse_manifest, read_manifest, write_manifest
 from ldm_envs.plugins import ENTRY_POINT_GROUP, LibraryRegistry, registry
@@ -23,22 +22,26 @@ def test_toy_plugin_is_discovered_through_its_entry_point(toy):
 
 
 def test_broken_plugins_are_named_and_never_hide_the_others():
-    reg = LibraryRegistry.from_entry_points([
-        ep("good", "GOOD"),
-        ep("unknown-field", "UNKNOWN_FIELD"),
-        ep("bad-env-id", "BAD_ENV_ID"),
-        ep("bad-subset", "BAD_SUBSET"),
-        ep("wrong", "WRONG_NAME"),
-        ep("bad-api", "BAD_API"),
-        ep("too-big", "TOO_BIG"),
-        ep("missing-file", "MISSING_FILE"),
-        ep("raises", "raises"),
-        EntryPoint(name="no-module", value="no_such_module:X", group=ENTRY_POINT_GROUP),
-        ep("callable", "make_good"),
-    ])
+    reg = LibraryRegistry.from_entry_points(
+        [
+            ep("good", "GOOD"),
+            ep("unknown-field", "UNKNOWN_FIELD"),
+            ep("bad-env-id", "BAD_ENV_ID"),
+            ep("bad-subset", "BAD_SUBSET"),
+            ep("wrong", "WRONG_NAME"),
+            ep("bad-api", "BAD_API"),
+            ep("too-big", "TOO_BIG"),
+            ep("missing-file", "MISSING_FILE"),
+            ep("raises", "raises"),
+            EntryPoint(name="no-module", value="no_such_module:X", group=ENTRY_POINT_GROUP),
+            ep("callable", "make_good"),
+        ]
+    )
     assert reg.names() == ["good"]  # "callable" returns a manifest named "good": refused below
     b = reg.broken
-    assert "plugin 'unknown-field': field colour: Extra inputs are not permitted" in b["unknown-field"]
+    assert (
+        "plugin 'unknown-field': field colour: Extra inputs are not permitted" in b["unknown-field"]
+    )
     assert "field envs.0.id" in b["bad-env-id"] and "Name-vN" in b["bad-env-id"]
     assert "field ranking_subset" in b["bad-subset"] and "Nope-v0" in b["bad-subset"]
     assert "field name" in b["wrong"] and "something-else" in b["wrong"]
@@ -50,7 +53,9 @@ def test_broken_plugins_are_named_and_never_hide_the_others():
     assert "field name" in b["callable"]
     with pytest.raises(PluginError, match="field colour"):
         reg.get("unknown-field")
-    with pytest.raises(UnknownLibraryError, match="unknown env library 'nope'; known libraries: good"):
+    with pytest.raises(
+        UnknownLibraryError, match="unknown env library 'nope'; known libraries: good"
+    ):
         reg.get("nope")
 
 
@@ -71,7 +76,7 @@ def test_manifest_round_trips_through_yaml_atomically(toy, tmp_path):
 def test_unreadable_manifest_names_the_file(tmp_path):
     path = tmp_path / "manifest.yaml"
     path.write_text("name: [unclosed")
-    with pytest.raises(ManifestError, match="cannot read manifest .*manifest.yaml"):
+    with pytest.raises(ManifestError, match=r"cannot read manifest .*manifest\.yaml"):
         read_manifest(path, "mine")
     with pytest.raises(ManifestError, match="must be a mapping"):
         parse_manifest(["a"], "mine")

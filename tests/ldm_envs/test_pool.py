@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pytest
-
 from ldm_envs.backends import get_backend
 from ldm_envs.errors import (
     ActionError,
@@ -98,7 +97,9 @@ def test_killed_worker_is_restarted_and_reported(toy):
         assert pool.failures[0]["envs"] == ["CartPole-v1", "CartPole-v1"]
         pool.step(np.array([0, 1]))  # stepping goes on in the fresh worker
         os.kill(worker_pid(pool), signal.SIGKILL)
-        with pytest.raises(WorkerCrashedError, match=r"library 'toy', env\(s\) CartPole-v1.*signal 9"):
+        with pytest.raises(
+            WorkerCrashedError, match=r"library 'toy', env\(s\) CartPole-v1.*signal 9"
+        ):
             pool.step(np.array([0, 1]))
 
 
@@ -129,18 +130,26 @@ def test_hung_worker_is_detected_within_the_timeout(toy):
 
 
 def test_env_that_cannot_be_made_is_named(toy, backend):
-    with pytest.raises(EnvRaisedError, match=r"env\(s\) Unmakeable-v0: TypeError.*no_such_argument"):
+    with pytest.raises(
+        EnvRaisedError, match=r"env\(s\) Unmakeable-v0: TypeError.*no_such_argument"
+    ):
         EnvPool(toy, ["CartPole-v1", "Unmakeable-v0"], backend=backend)
 
 
 def test_build_failure_shows_the_resolver_log(tmp_path):
-    spec = parse_manifest({
-        "name": "unresolvable", "version": "0",
-        "environment": {"requirements": ["gymnasium==1.2.2", "numpy==0.0.1"]},
-        "envs": [{"id": "CartPole-v1"}],
-    }, "unresolvable")
+    spec = parse_manifest(
+        {
+            "name": "unresolvable",
+            "version": "0",
+            "environment": {"requirements": ["gymnasium==1.2.2", "numpy==0.0.1"]},
+            "envs": [{"id": "CartPole-v1"}],
+        },
+        "unresolvable",
+    )
     backend = get_backend("venv")
-    with pytest.raises(BuildError, match=r"'unresolvable' failed at installing the requirements") as exc:
+    with pytest.raises(
+        BuildError, match=r"'unresolvable' failed at installing the requirements"
+    ) as exc:
         backend.prepare(spec)
     assert "numpy==0.0.1" in exc.value.log
     assert not backend.is_ready(spec)
@@ -149,5 +158,5 @@ def test_build_failure_shows_the_resolver_log(tmp_path):
 def test_declared_spaces_must_match_the_library(toy):
     env = toy.env("CartPole-v1").model_copy(update={"action_space": DiscreteSpace(n=3)})
     wrong = toy.model_copy(update={"envs": [env]})
-    with pytest.raises(LdmEnvsError, match="manifest declares .* run `ldm-envs probe toy`"):
+    with pytest.raises(LdmEnvsError, match=r"manifest declares .* run `ldm-envs probe toy`"):
         EnvPool(wrong, "CartPole-v1")

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from ldm_envs.sb3 import LdmSB3VecEnv
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
-
-from ldm_envs.sb3 import LdmSB3VecEnv
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +33,9 @@ def test_sb3_vec_env_contract(toy):
 
 def test_ppo_learns_cartpole_through_venv(toy):
     env = LdmSB3VecEnv(toy, "CartPole-v1", 4, num_workers=2)
-    model = PPO("MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=3e-3, seed=0,
-                device="cpu")
+    model = PPO(
+        "MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=3e-3, seed=0, device="cpu"
+    )
     model.learn(1024)
     early = np.mean([ep["r"] for ep in model.ep_info_buffer])  # Monitor-style stats reached SB3
     model.learn(11_000, reset_num_timesteps=False)

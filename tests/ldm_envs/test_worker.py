@@ -7,7 +7,6 @@ import types
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from ldm_envs.worker import Channel, EnvGroup, Flattener
 
 
@@ -36,17 +35,23 @@ def test_messages_round_trip_without_pickle():
 
 
 def test_dict_and_tuple_observations_are_flattened():
-    space = gym.spaces.Dict({
-        "pos": gym.spaces.Box(-1, 1, (2,)),
-        "mode": gym.spaces.Discrete(3, start=1),
-        "flags": gym.spaces.MultiBinary(2),
-        "inner": gym.spaces.Tuple((gym.spaces.Box(0, 5, (1,)), gym.spaces.MultiDiscrete([4]))),
-    })
+    space = gym.spaces.Dict(
+        {
+            "pos": gym.spaces.Box(-1, 1, (2,)),
+            "mode": gym.spaces.Discrete(3, start=1),
+            "flags": gym.spaces.MultiBinary(2),
+            "inner": gym.spaces.Tuple((gym.spaces.Box(0, 5, (1,)), gym.spaces.MultiDiscrete([4]))),
+        }
+    )
     flat = Flattener(space)
     desc = flat.describe()
     assert desc["type"] == "box" and desc["shape"] == [7] and desc["dtype"] == "float32"
-    obs = {"pos": np.array([0.5, -0.5]), "mode": 2, "flags": np.array([1, 0]),
-           "inner": (np.array([4.0]), np.array([3]))}
+    obs = {
+        "pos": np.array([0.5, -0.5]),
+        "mode": 2,
+        "flags": np.array([1, 0]),
+        "inner": (np.array([4.0]), np.array([3])),
+    }
     out = flat(obs)
     # gymnasium orders Dict keys alphabetically: flags, inner, mode, pos
     np.testing.assert_array_equal(out, [1, 0, 4, 3, 2, 0.5, -0.5])
@@ -54,8 +59,9 @@ def test_dict_and_tuple_observations_are_flattened():
 
 
 def test_image_inside_dict_asks_for_a_wrapper():
-    space = gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8),
-                             "direction": gym.spaces.Discrete(4)})
+    space = gym.spaces.Dict(
+        {"image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8), "direction": gym.spaces.Discrete(4)}
+    )
     with pytest.raises(ValueError, match=r"observation\['image'\] is an image.*ImgObsWrapper"):
         Flattener(space)
 
@@ -94,8 +100,13 @@ def legacy_gym(monkeypatch):
 
 
 def make_request(n=2, api="gym21", limit=None):
-    env = {"id": "Legacy-v0", "gym_id": "Legacy-v0", "kwargs": {}, "max_episode_steps": limit,
-           "wrappers": []}
+    env = {
+        "id": "Legacy-v0",
+        "gym_id": "Legacy-v0",
+        "kwargs": {},
+        "max_episode_steps": limit,
+        "wrappers": [],
+    }
     return {"cmd": "make", "api": api, "imports": [], "envs": [env] * n}
 
 
@@ -108,9 +119,9 @@ def test_gym21_done_becomes_terminated_or_truncated(legacy_gym):
     for _ in range(2):
         group.handle({"cmd": "step"}, [np.array([0, 1])])
     reply, out = group.handle({"cmd": "step"}, [np.array([0, 1])])
-    obs, rewards, terminated, truncated, final0, final1 = out
+    obs, _rewards, terminated, truncated, final0, _final1 = out
     assert terminated.tolist() == [True, False]  # done without TimeLimit.truncated
-    assert truncated.tolist() == [False, True]   # done with TimeLimit.truncated
+    assert truncated.tolist() == [False, True]  # done with TimeLimit.truncated
     assert reply["done"] == [0, 1]
     assert reply["final_infos"]["0"]["episode"] == {"r": 3.0, "l": 3}
     np.testing.assert_array_equal(final0, [3.0])
@@ -122,5 +133,5 @@ def test_episode_limit_is_enforced_by_the_worker(legacy_gym):
     group.handle(make_request(n=1, limit=2), [])
     group.handle({"cmd": "reset"}, [])
     group.handle({"cmd": "step"}, [np.array([0])])
-    reply, out = group.handle({"cmd": "step"}, [np.array([0])])
+    _, out = group.handle({"cmd": "step"}, [np.array([0])])
     assert out[3].tolist() == [True] and out[2].tolist() == [False]

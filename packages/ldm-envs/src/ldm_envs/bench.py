@@ -65,10 +65,12 @@ def run_benchmark(
     make = [lambda: gym.make(ENV_ID) for _ in range(num_envs)]
     with console.status("measuring gymnasium SyncVectorEnv"):
         rates["gymnasium SyncVectorEnv"] = _steps_per_second(
-            gym.vector.SyncVectorEnv(make), num_envs, seconds)
+            gym.vector.SyncVectorEnv(make), num_envs, seconds
+        )
     with console.status("measuring gymnasium AsyncVectorEnv"):
         rates["gymnasium AsyncVectorEnv"] = _steps_per_second(
-            gym.vector.AsyncVectorEnv(make), num_envs, seconds)
+            gym.vector.AsyncVectorEnv(make), num_envs, seconds
+        )
     for backend in backends or ["venv"]:
         label = f"ldm {backend} ({workers} worker{'s' if workers > 1 else ''})"
         with console.status(f"measuring {label}"):
@@ -89,11 +91,13 @@ def run_benchmark(
         backend = (backends or ["venv"])[0]
         with console.status("SB3 PPO in-process (DummyVecEnv)"):
             rates["ppo inprocess"] = _ppo_steps_per_second(
-                lambda: make_vec_env(ENV_ID, n_envs=num_envs, seed=0), ppo_timesteps)
+                lambda: make_vec_env(ENV_ID, n_envs=num_envs, seed=0), ppo_timesteps
+            )
         with console.status(f"SB3 PPO through ldm {backend}"):
             rates[f"ppo {backend}"] = _ppo_steps_per_second(
-                lambda: LdmSB3VecEnv(spec, ENV_ID, num_envs, backend=backend,
-                                     num_workers=workers), ppo_timesteps)
+                lambda: LdmSB3VecEnv(spec, ENV_ID, num_envs, backend=backend, num_workers=workers),
+                ppo_timesteps,
+            )
         ratio = rates[f"ppo {backend}"] / rates["ppo inprocess"]
         console.print(
             f"SB3 PPO training: in-process {rates['ppo inprocess']:,.0f} steps/s, through "

@@ -59,7 +59,12 @@ def _observation_problems(pool: EnvPool, obs: np.ndarray) -> list[str]:
 
 
 def check_env(
-    spec: EnvLibrarySpec, env_id: str, backend: Backend, *, steps: int = 200, num_envs: int = 2,
+    spec: EnvLibrarySpec,
+    env_id: str,
+    backend: Backend,
+    *,
+    steps: int = 200,
+    num_envs: int = 2,
     seed: int = 0,
 ) -> EnvCheck:
     """Roll out random actions in `num_envs` copies of one env for `steps` batched steps."""
@@ -110,8 +115,12 @@ def check_library(
         if on_env is not None:
             on_env(res)
     report = LibraryCheck(
-        library=spec.name, backend=backend.name, ok=all(r.ok for r in results),
-        seconds=round(time.time() - start, 1), envs=results, when=start,
+        library=spec.name,
+        backend=backend.name,
+        ok=all(r.ok for r in results),
+        seconds=round(time.time() - start, 1),
+        envs=results,
+        when=start,
     )
     if env_ids is None:
         atomic_write_text(

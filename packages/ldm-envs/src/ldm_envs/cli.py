@@ -33,35 +33,42 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(1)
 
 
+def _space_kind(space: object) -> str:
+    return space.describe().split("[")[0].split("(")[0] if space is not None else "?"  # type: ignore[attr-defined]
+
+
 @app.command("list")
 def list_libraries() -> None:
     """List the installed env libraries, their envs, backends' readiness and last checks."""
     reg = registry()
-    table = Table(title="env libraries")
-    for col in ("library", "version", "python", "api", "envs", "spaces", *BACKENDS[1:], "last check"):
-        table.add_column(col)
+    table = Table(title="env libraries", show_lines=True)
+    for col in ("library", "python / api", "envs", "obs -> action", "backends"):
+        table.add_column(col, overflow="fold")
     for name in reg.names():
         spec = reg.get(name)
-        ready = []
+        kinds = sorted(
+            {
+                f"{_space_kind(e.observation_space)} -> {_space_kind(e.action_space)}"
+                for e in spec.envs
+                if e.probed
+            }
+        )
+        backends = []
         for backend_name in BACKENDS[1:]:
             try:
-                ready.append("built" if get_backend(backend_name).is_ready(spec) else "-")
-            except Exception:
-                ready.append("n/a")
-        kinds = sorted({
-            f"{e.observation_space.describe().split('[')[0].split('(')[0]}->"
-            f"{e.action_space.describe().split('[')[0].split('(')[0]}"
-            for e in spec.envs if e.probed and e.observation_space and e.action_space
-        })
-        checks = []
-        for backend_name in BACKENDS[1:]:
+                state = "built" if get_backend(backend_name).is_ready(spec) else "not built"
+            except LdmEnvsError:
+                state = "no engine"
             res = last_check(name, backend_name)
             if res is not None:
-                good = sum(e.ok for e in res.envs)
-                checks.append(f"{backend_name} {good}/{len(res.envs)}")
+                state += f", check {sum(e.ok for e in res.envs)}/{len(res.envs)} ok"
+            backends.append(f"{backend_name}: {state}")
         table.add_row(
-            name, spec.version, spec.environment.python, spec.environment.api.value,
-            str(len(spec.envs)), ", ".join(kinds), *ready, "; ".join(checks) or "-",
+            f"{name} {spec.version}",
+            f"{spec.environment.python} {spec.environment.api.value}",
+            str(len(spec.envs)),
+            "\n".join(kinds),
+            "\n".join(backends),
         )
     console.print(table)
     for name, why in sorted(reg.broken.items()):
@@ -79,8 +86,9 @@ def show(library: str) -> None:
     env_block = spec.environment
     console.print(f"[bold]{spec.name}[/] {spec.version}: {spec.description}")
     console.print(f"  plugin: {entry.distribution or entry.plugin}  manifest: {entry.source}")
-    console.print(f"  python {env_block.python}, api {env_block.api.value}, hash "
-                  f"{env_block.content_hash()}")
+    console.print(
+        f"  python {env_block.python}, api {env_block.api.value}, hash {env_block.content_hash()}"
+    )
     console.print(f"  requirements: {', '.join(env_block.requirements)}")
     if env_block.build_constraints:
         console.print(f"  build constraints: {', '.join(env_block.build_constraints)}")
@@ -90,10 +98,12 @@ def show(library: str) -> None:
         table.add_column(col)
     for env in spec.envs:
         table.add_row(
-            env.id, env.make_id + (f" {json.dumps(env.kwargs)}" if env.kwargs else ""),
+            env.id,
+            env.make_id + (f" {json.dumps(env.kwargs)}" if env.kwargs else ""),
             env.observation_space.describe() if env.observation_space else "(not probed)",
             env.action_space.describe() if env.action_space else "(not probed)",
-            str(env.max_episode_steps or "-"), ", ".join(env.wrappers) or "-",
+            str(env.max_episode_steps or "-"),
+            ", ".join(env.wrappers) or "-",
         )
     console.print(table)
 
@@ -158,15 +168,17 @@ def check(
         mark = "[green]ok[/]" if res.ok else "[red]FAIL[/]"
         console.print(
             f"  {mark} {res.env_id:<32} {res.observation:<24} {res.action:<22} "
-            f"{res.steps_per_second:>8.0f} steps/s {res.episodes:>4} episodes", highlight=False
+            f"{res.steps_per_second:>8.0f} steps/s {res.episodes:>4} episodes",
+            highlight=False,
         )
         for problem in res.problems:
             console.print(f"      [red]{problem}[/]", highlight=False)
 
     console.print(f"checking [bold]{library}[/] through [bold]{backend}[/]")
     try:
-        report = check_library(spec, backend_obj, env_ids=env, steps=steps, num_envs=num_envs,
-                               on_env=show_env)
+        report = check_library(
+            spec, backend_obj, env_ids=env, steps=steps, num_envs=num_envs, on_env=show_env
+        )
     except LdmEnvsError as exc:
         _fail(exc)
     good = sum(e.ok for e in report.envs)
@@ -187,8 +199,14 @@ def bench(
     from ldm_envs.bench import run_benchmark
 
     try:
-        run_benchmark(console, num_envs=envs, seconds=seconds, backends=backend or ["venv"],
-                      workers=workers, sb3=sb3)
+        run_benchmark(
+            console,
+            num_envs=envs,
+            seconds=seconds,
+            backends=backend or ["venv"],
+            workers=workers,
+            sb3=sb3,
+        )
     except LdmEnvsError as exc:
         _fail(exc)
 
@@ -215,4 +233,3 @@ def main() -> None:  # pragma: no cover - console script
 
 if __name__ == "__main__":  # pragma: no cover
     main()
-

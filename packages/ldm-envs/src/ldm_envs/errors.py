@@ -41,7 +41,9 @@ class BuildError(LdmEnvsError):
         self.step = step
         self.log = log
         tail = "\n".join(log.strip().splitlines()[-40:])
-        super().__init__(f"building the environment of library {library!r} failed at {step}:\n{tail}")
+        super().__init__(
+            f"building the environment of library {library!r} failed at {step}:\n{tail}"
+        )
 
 
 class WorkerError(LdmEnvsError):

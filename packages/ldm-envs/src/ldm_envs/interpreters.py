@@ -32,7 +32,9 @@ def find_local_python(version: str) -> Path | None:
     uv = uv_executable()
     out = subprocess.run(
         [uv, "python", "find", "--no-python-downloads", "--no-project", version],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode == 0 and out.stdout.strip():
         return Path(out.stdout.strip())

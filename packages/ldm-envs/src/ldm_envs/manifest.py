@@ -199,7 +199,9 @@ def parse_manifest(data: Any, plugin: str) -> EnvLibrarySpec:
     if isinstance(data, EnvLibrarySpec):
         return data
     if not isinstance(data, dict):
-        raise ManifestError(f"plugin {plugin!r}: manifest must be a mapping, got {type(data).__name__}")
+        raise ManifestError(
+            f"plugin {plugin!r}: manifest must be a mapping, got {type(data).__name__}"
+        )
     try:
         return EnvLibrarySpec.model_validate(data)
     except ValidationError as exc:

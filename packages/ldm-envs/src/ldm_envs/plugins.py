@@ -78,7 +78,9 @@ class LibraryRegistry:
                 registry.broken[ep.name] = str(exc)
                 logger.warning("skipping env-library plugin %r: %s", ep.name, exc)
             except Exception as exc:
-                msg = f"plugin {ep.name!r}: loading {ep.value!r} failed: {type(exc).__name__}: {exc}"
+                msg = (
+                    f"plugin {ep.name!r}: loading {ep.value!r} failed: {type(exc).__name__}: {exc}"
+                )
                 registry.broken[ep.name] = msg
                 logger.warning("skipping env-library plugin %r: %s", ep.name, msg)
         return registry

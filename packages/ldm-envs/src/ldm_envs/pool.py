@@ -9,6 +9,7 @@ their info (never silently), and past the limit the error propagates with librar
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,9 +67,11 @@ class ActionChecker:
     def bad_rows(self, actions: np.ndarray) -> np.ndarray:
         """Indices of rows outside the space (NaN, out of bounds, non-integer)."""
         flat = actions.reshape(actions.shape[0], -1)
-        ok = np.all((flat >= self.low.ravel() if np.ndim(self.low) else flat >= self.low)
-                    & (flat <= self.high.ravel() if np.ndim(self.high) else flat <= self.high),
-                    axis=1)
+        ok = np.all(
+            (flat >= self.low.ravel() if np.ndim(self.low) else flat >= self.low)
+            & (flat <= self.high.ravel() if np.ndim(self.high) else flat <= self.high),
+            axis=1,
+        )
         if self.dtype.kind in "iub" and actions.dtype.kind == "f":
             ok &= np.all(np.mod(flat, 1) == 0, axis=1)
         return np.flatnonzero(~ok)
@@ -160,8 +163,8 @@ class EnvPool:
         self.envs = [self.spec.env(e) for e in self.env_ids]  # unknown ids fail here, by name
         self.num_envs = len(self.env_ids)
         self.console = console or Console(stderr=True)
-        self.backend = backend if isinstance(backend, Backend) else get_backend(
-            backend, console=self.console
+        self.backend = (
+            backend if isinstance(backend, Backend) else get_backend(backend, console=self.console)
         )
         self.step_timeout = step_timeout
         self.max_restarts = max_restarts
@@ -202,7 +205,9 @@ class EnvPool:
         client = self.backend.spawn(self.spec)
         client.env_ids = [self.env_ids[i] for i in indices]
         try:
-            reply, _ = client.request(self._make_request(indices), timeout=max(self.step_timeout, 120))
+            reply, _ = client.request(
+                self._make_request(indices), timeout=max(self.step_timeout, 120)
+            )
         except BaseException:
             client.close()
             raise
@@ -214,7 +219,8 @@ class EnvPool:
             check_limits(obs_space, act_space, where=where)
             declared = self.envs[i]
             if declared.probed and (declared.observation_space, declared.action_space) != (
-                obs_space, act_space
+                obs_space,
+                act_space,
             ):
                 raise SpaceError(
                     f"{where}: the library reports observation {obs_space.describe()} / action "
@@ -280,8 +286,11 @@ class EnvPool:
         for w in self.workers:
             rows = [per_env[i] for i in w.indices]
             # heterogeneous action spaces travel as one flat float64 row per env
-            flat = np.stack([np.asarray(r, np.float64).ravel() for r in rows]) if len({
-                np.asarray(r).size for r in rows}) == 1 else None
+            flat = (
+                np.stack([np.asarray(r, np.float64).ravel() for r in rows])
+                if len({np.asarray(r).size for r in rows}) == 1
+                else None
+            )
             if flat is None:
                 raise ActionError("envs in one worker need action spaces of one size")
             w.send({"cmd": "step"}, [flat])
@@ -329,10 +338,7 @@ class EnvPool:
     def _scatter(
         self, w: _Worker, reply: dict[str, Any], arrays: list[np.ndarray], obs: list[np.ndarray]
     ) -> None:
-        if reply.get("stacked", w.stacked):
-            rows = list(arrays[0])
-        else:
-            rows = arrays
+        rows = list(arrays[0]) if reply.get("stacked", w.stacked) else arrays
         w.last_obs = rows
         for i, row in zip(w.indices, rows, strict=True):
             obs[i] = row
@@ -403,7 +409,5 @@ class EnvPool:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -44,7 +44,7 @@ class WorkerClient(ABC):
 
     library: str
     env_ids: list[str]
-    hello: dict[str, Any] = {}  # noqa: RUF012 - replaced per instance by the handshake
+    hello: dict[str, Any] = {}
 
     @abstractmethod
     def send(self, header: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
@@ -73,8 +73,10 @@ class WorkerClient(ABC):
 
     def _raise_remote(self, reply: dict[str, Any]) -> None:
         index = reply.get("env_index")
-        envs = [self.env_ids[index]] if index is not None and index < len(self.env_ids) else (
-            self.env_ids or ["(no env yet)"]
+        envs = (
+            [self.env_ids[index]]
+            if index is not None and index < len(self.env_ids)
+            else (self.env_ids or ["(no env yet)"])
         )
         tb = reply.get("traceback", "")
         raise EnvRaisedError(self.library, envs, f"{reply.get('error')}\n{tb}".rstrip())

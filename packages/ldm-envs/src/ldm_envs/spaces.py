@@ -103,7 +103,10 @@ class BoxSpace(_SpaceModel):
 
     def to_gymnasium(self) -> gym.spaces.Box:
         return gym.spaces.Box(
-            low=self.low_array(), high=self.high_array(), shape=self.shape, dtype=np.dtype(self.dtype)
+            low=self.low_array(),
+            high=self.high_array(),
+            shape=self.shape,
+            dtype=np.dtype(self.dtype),
         )
 
     def describe(self) -> str:
@@ -126,7 +129,9 @@ class DiscreteSpace(_SpaceModel):
         return gym.spaces.Discrete(self.n, start=self.start)
 
     def describe(self) -> str:
-        return f"discrete({self.n})" if self.start == 0 else f"discrete({self.n}, start={self.start})"
+        return (
+            f"discrete({self.n})" if self.start == 0 else f"discrete({self.n}, start={self.start})"
+        )
 
 
 class MultiDiscreteSpace(_SpaceModel):
@@ -197,7 +202,9 @@ def _compress(values: np.ndarray) -> _Bound:
 
 
 @singledispatch
-def from_gymnasium(space: gym.Space[Any]) -> BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace:
+def from_gymnasium(
+    space: gym.Space[Any],
+) -> BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace:
     """Describe a `gymnasium.spaces` object as a model.
 
     Raises:
@@ -265,7 +272,9 @@ def check_limits(
         )
 
 
-def space_from_dict(data: dict[str, Any]) -> BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace:
+def space_from_dict(
+    data: dict[str, Any],
+) -> BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace:
     """Validate a plain dict (from a manifest or the worker) into a space model."""
     from pydantic import TypeAdapter
 

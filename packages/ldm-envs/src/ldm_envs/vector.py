@@ -75,8 +75,9 @@ class LdmVectorEnv(VectorEnv):
         self.pool.close()
 
 
-def make_sb3_vec_env(library: Any, env_ids: Sequence[str] | str, num_envs: int | None = None,
-                     **pool_options: Any) -> Any:
+def make_sb3_vec_env(
+    library: Any, env_ids: Sequence[str] | str, num_envs: int | None = None, **pool_options: Any
+) -> Any:
     """Build an SB3 `VecEnv` over an `EnvPool` (imports SB3 lazily).
 
     Raises:

@@ -223,10 +223,12 @@ class Flattener(object):
                 continue
             kind = _kind(sub)
             if kind == "Box":
-                lo, hi = np.asarray(sub.low, np.float64).ravel(), np.asarray(sub.high, np.float64).ravel()
+                lo = np.asarray(sub.low, np.float64).ravel()
+                hi = np.asarray(sub.high, np.float64).ravel()
             elif kind == "Discrete":
                 start = int(getattr(sub, "start", 0))
-                lo, hi = np.array([start], np.float64), np.array([start + int(sub.n) - 1], np.float64)
+                lo = np.array([start], np.float64)
+                hi = np.array([start + int(sub.n) - 1], np.float64)
             elif kind == "MultiDiscrete":
                 nvec = np.asarray(sub.nvec, np.float64).ravel()
                 lo, hi = np.zeros_like(nvec), nvec - 1
@@ -514,6 +516,7 @@ class EnvGroup(object):
 
 
 def error_reply(exc):
+    """The reply for a failed request: message, env index if known, and the traceback."""
     return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
             "env_index": getattr(exc, "env_index", None),
             "traceback": traceback.format_exc()}
@@ -541,6 +544,7 @@ def serve(sock, spin=0.0002):
 
 
 def main(argv=None):
+    """Connect to the host's socket and serve until it closes."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "--connect":
         sys.stderr.write("usage: worker.py --connect SOCKET_PATH\n")

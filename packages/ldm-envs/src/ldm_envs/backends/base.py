@@ -82,14 +82,17 @@ def spawn_socket_worker(
                 if cause is not None:
                     tail = process.log_tail()
                     raise WorkerCrashedError(
-                        library, ["(startup)"], f"{process.description} exited before connecting: "
-                        f"{cause}" + (f"\n--- worker log (tail) ---\n{tail}" if tail else "")
+                        library,
+                        ["(startup)"],
+                        f"{process.description} exited before connecting: "
+                        f"{cause}" + (f"\n--- worker log (tail) ---\n{tail}" if tail else ""),
                     ) from None
                 if time.monotonic() > deadline:
                     process.kill()
                     raise WorkerTimeoutError(
-                        library, ["(startup)"], f"{process.description} did not connect within "
-                        f"{timeout:g} s"
+                        library,
+                        ["(startup)"],
+                        f"{process.description} did not connect within {timeout:g} s",
                     ) from None
         conn.setblocking(True)
         client = SocketWorkerClient(conn, process, library)

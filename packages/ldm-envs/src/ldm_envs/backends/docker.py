@@ -12,6 +12,7 @@ CA bundle to trust (`ca_bundle=` / `--ca-bundle`, else `LDM_DOCKER_CA_BUNDLE`, e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -94,10 +95,8 @@ class ContainerWorker(WorkerProcess):
         return f"exited with code {state.get('ExitCode')}"
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(Exception):
             self.container.remove(force=True)
-        except Exception:  # noqa: S110 - already gone
-            pass
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -159,7 +158,8 @@ class DockerBackend(Backend):
             return tag
         if spec.environment.base_image is not None:
             raise BuildError(
-                spec.name, "finding the base image",
+                spec.name,
+                "finding the base image",
                 f"base image {tag!r} is not in the engine and Docker Hub may be unreachable; "
                 "pull or load it first",
             )
@@ -176,10 +176,10 @@ class DockerBackend(Backend):
                 f"--no-install-recommends {pkgs} && rm -rf /var/lib/apt/lists/*"
             )
         lines.append("COPY ldm /opt/ldm")
-        install = (
-            f"{cert}uv pip install --python {VENV_PYTHON} -r /opt/ldm/requirements.txt"
-            + (" --build-constraint /opt/ldm/build-constraints.txt"
-               if env_block.build_constraints else "")
+        install = f"{cert}uv pip install --python {VENV_PYTHON} -r /opt/ldm/requirements.txt" + (
+            " --build-constraint /opt/ldm/build-constraints.txt"
+            if env_block.build_constraints
+            else ""
         )
         lines.append(
             f"RUN {cert}uv venv --seed --python /opt/python/bin/python3 /opt/ldm/venv "
@@ -188,8 +188,7 @@ class DockerBackend(Backend):
         )
         for key, value in env_block.env_vars.items():
             lines.append(f"ENV {key}={value!r}".replace("'", '"'))
-        lines += ["ENV OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1", "USER 1000:1000",
-                  "WORKDIR /home/ldm"]
+        lines += ["ENV OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1", "USER 1000:1000", "WORKDIR /home/ldm"]
         return "\n".join(lines) + "\n"
 
     def prepare(self, spec: EnvLibrarySpec, *, rebuild: bool = False) -> str:
@@ -207,15 +206,22 @@ class DockerBackend(Backend):
                 (files / "requirements.txt").write_text("\n".join(spec.environment.requirements))
                 if spec.environment.build_constraints:
                     (files / "build-constraints.txt").write_text(
-                        "\n".join(spec.environment.build_constraints))
+                        "\n".join(spec.environment.build_constraints)
+                    )
                 shutil.copy2(worker_module.__file__, files / "worker.py")
                 if self.ca_bundle:
                     shutil.copy2(self.ca_bundle, files / "ca.crt")
                 (context / "Dockerfile").write_text(self._dockerfile(spec, base))
                 log: list[str] = []
                 with self.console.status(f"[bold]building image {tag}[/]"):
-                    build_image(self.client, context, tag, step="build", emit=log.append,
-                                network_mode="bridge")
+                    build_image(
+                        self.client,
+                        context,
+                        tag,
+                        step="build",
+                        emit=log.append,
+                        network_mode="bridge",
+                    )
         except BaseImageError as exc:
             raise BuildError(spec.name, f"docker {exc.step}", str(exc)) from None
         self.console.print(f"[green]built[/] image {tag}")
@@ -257,7 +263,12 @@ def build_base(
     client = client or connect()
     with console.status(f"[bold]building base image for python {python}[/] (debootstrap once)"):
         try:
-            return build_base_image(client, python, tag=tag, cache_dir=docker_dir() / "base",
-                                    log=lambda line: console.log(line, highlight=False))
+            return build_base_image(
+                client,
+                python,
+                tag=tag,
+                cache_dir=docker_dir() / "base",
+                log=lambda line: console.log(line, highlight=False),
+            )
         except BaseImageError as exc:
             raise BuildError("(base image)", f"base image {exc.step}", str(exc)) from None

@@ -7,6 +7,7 @@ marked complete only at the end, so an interrupted build is redone, never half-u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,10 +47,9 @@ class SubprocessWorker(WorkerProcess):
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            pass
+        self.log_path.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -118,10 +118,16 @@ class VenvBackend(Backend):
         path.mkdir(parents=True)
         log: list[str] = []
         started = time.monotonic()
-        with self.console.status(f"[bold]building venv for {spec.name}[/] (python {env_block.python})"):
+        with self.console.status(
+            f"[bold]building venv for {spec.name}[/] (python {env_block.python})"
+        ):
             python = python_request(env_block.python)
-            self._run(spec, f"creating the venv (python {env_block.python})",
-                      [uv, "venv", "--quiet", "--seed", "--python", python, str(path)], log)
+            self._run(
+                spec,
+                f"creating the venv (python {env_block.python})",
+                [uv, "venv", "--quiet", "--seed", "--python", python, str(path)],
+                log,
+            )
             reqs = path / "ldm-requirements.txt"
             reqs.write_text("\n".join(env_block.requirements) + "\n")
             cmd = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "-r", str(reqs)]
@@ -130,11 +136,17 @@ class VenvBackend(Backend):
                 constraints.write_text("\n".join(env_block.build_constraints) + "\n")
                 cmd += ["--build-constraint", str(constraints)]
             self._run(spec, "installing the requirements", cmd, log)
-            self._run(spec, "checking the worker's imports",
-                      [str(path / "bin" / "python"), "-c", "import numpy, json, socket"], log)
+            self._run(
+                spec,
+                "checking the worker's imports",
+                [str(path / "bin" / "python"), "-c", "import numpy, json, socket"],
+                log,
+            )
             freeze = subprocess.run(
                 [uv, "pip", "freeze", "--python", str(path / "bin" / "python")],
-                capture_output=True, text=True, check=False,
+                capture_output=True,
+                text=True,
+                check=False,
             ).stdout
         (path / "ldm-build.log").write_text("\n".join(log))
         (path / "ldm-freeze.txt").write_text(freeze)
@@ -145,9 +157,7 @@ class VenvBackend(Backend):
             "seconds": round(time.monotonic() - started, 1),
         }
         atomic_write_text(path / READY_MARKER, json.dumps(marker, indent=2))
-        self.console.print(
-            f"[green]built[/] venv for {spec.name} in {marker['seconds']} s: {path}"
-        )
+        self.console.print(f"[green]built[/] venv for {spec.name} in {marker['seconds']} s: {path}")
 
     def spawn(self, spec: EnvLibrarySpec) -> WorkerClient:
         self.prepare(spec)

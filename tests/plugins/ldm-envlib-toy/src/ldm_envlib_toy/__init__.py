@@ -1,4 +1,4 @@
-"""A toy env library for tests: Gymnasium's CartPole and Pendulum, plus an env that cannot be made."""
+"""A toy env library for tests: CartPole, Pendulum, a short CartPole and an unmakeable env."""
 
 from pathlib import Path
 

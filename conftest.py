@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated data home per session and the toy library's spec."""
+"""Fixtures for tests/ and plugins/*/tests: an isolated data home, the toy spec, docker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from ldm_envs.manifest import EnvLibrarySpec
 from ldm_envs.plugins import registry
 
@@ -36,3 +35,21 @@ def data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def toy() -> EnvLibrarySpec:
     """The toy plugin's manifest, discovered through its real entry point."""
     return registry().get("toy")
+
+
+@pytest.fixture(scope="session")
+def docker_backend():
+    """A docker backend on a running engine.
+
+    Skipped without an engine, except in CI, where .ci/run starts one and its absence fails.
+    """
+    from ldm_envs.backends.docker import DockerBackend, connect
+    from ldm_envs.errors import LdmEnvsError
+
+    try:
+        connect()
+    except LdmEnvsError as exc:
+        if os.environ.get("CI") and not os.environ.get("LDM_SKIP_DOCKER"):
+            raise
+        pytest.skip(str(exc))
+    return DockerBackend()

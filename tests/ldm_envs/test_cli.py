@@ -1,0 +1,42 @@
+from ldm_envs.cli import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def test_list_shows_the_toy_library():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0, result.output
+    assert "toy" in result.output and "gymnasium" in result.output
+
+
+def test_show_and_unknown_library():
+    result = runner.invoke(app, ["show", "toy"])
+    assert result.exit_code == 0 and "ShortCartPole-v1" in result.output
+    assert "discrete(2)" in result.output
+    result = runner.invoke(app, ["show", "nope"])
+    assert result.exit_code == 1
+    assert "unknown env library 'nope'; known libraries:" in result.output
+    assert "toy" in result.output
+
+
+def test_check_reports_each_env_and_fails_on_a_broken_one():
+    result = runner.invoke(app, ["check", "toy", "--steps", "10", "--env", "CartPole-v1"])
+    assert result.exit_code == 0, result.output
+    assert "ok CartPole-v1" in result.output and "1/1 envs passed" in result.output
+    result = runner.invoke(app, ["check", "toy", "--steps", "10"])
+    assert result.exit_code == 1
+    assert "FAIL Unmakeable-v0" in result.output and "no_such_argument" in result.output
+    assert "3/4 envs passed" in result.output
+
+
+def test_probe_dry_run_prints_spaces_from_the_library():
+    result = runner.invoke(app, ["probe", "toy", "--env", "Pendulum-v1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "all declared spaces already match" in result.output
+
+
+def test_unknown_backend_is_named():
+    result = runner.invoke(app, ["check", "toy", "--backend", "podman"])
+    assert result.exit_code == 1
+    assert "unknown backend 'podman'; known backends: inprocess, venv, docker" in result.output
