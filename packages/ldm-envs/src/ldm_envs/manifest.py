@@ -65,6 +65,8 @@ class EnvSpec(BaseModel):
     kwargs: dict[str, Any] = {}
     max_episode_steps: int | None = Field(default=None, gt=0)
     wrappers: list[str] = []
+    seed_kwarg: str | None = None
+    remake_on_reset: bool = False
     observation_space: Space | None = None
     action_space: Space | None = None
 
@@ -101,6 +103,8 @@ class EnvSpec(BaseModel):
             "kwargs": self.kwargs,
             "max_episode_steps": self.max_episode_steps,
             "wrappers": self.wrappers,
+            "seed_kwarg": self.seed_kwarg,
+            "remake_on_reset": self.remake_on_reset,
         }
 
 

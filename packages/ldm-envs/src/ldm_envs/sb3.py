@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
@@ -47,6 +48,10 @@ class LdmSB3VecEnv(VecEnv):
         return obs  # type: ignore[return-value]
 
     def step_async(self, actions: np.ndarray) -> None:
+        space = self.action_space
+        if isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind in "iu":
+            # SB3 emits floats even for integer boxes: round and clip as it clips float boxes
+            actions = np.clip(np.rint(actions), space.low, space.high).astype(space.dtype)
         self.pool.step_send(actions)
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:

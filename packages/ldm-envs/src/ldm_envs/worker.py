@@ -13,6 +13,7 @@ observation travelling as `final_obs`.
 import importlib
 import json
 import os
+import random
 import select
 import socket
 import struct
@@ -306,14 +307,12 @@ class HostedEnv(object):
     def __init__(self, gym, api, request):
         self.id = request["id"]
         self.api = api
-        kwargs = dict(request.get("kwargs") or {})
-        limit = request.get("max_episode_steps")
-        if limit and api != "gym21":
-            kwargs["max_episode_steps"] = limit
-        self.env = gym.make(request["gym_id"], **kwargs)
-        for target in request.get("wrappers") or []:
-            self.env = _import_target(target)(self.env)
-        self.max_steps = limit
+        self.gym = gym
+        self.request = request
+        self.max_steps = request.get("max_episode_steps")
+        self.seed_kwarg = request.get("seed_kwarg")
+        self.remake_on_reset = bool(request.get("remake_on_reset"))
+        self.env = self._make(None)
         self.obs_flat = Flattener(self.env.observation_space)
         if _children(self.env.action_space) is not None:
             raise ValueError("%s: Dict/Tuple action spaces are not supported" % self.id)
@@ -321,6 +320,17 @@ class HostedEnv(object):
         self.obs_dtype = None
         self.steps = 0
         self.ep_return = 0.0
+
+    def _make(self, seed):
+        kwargs = dict(self.request.get("kwargs") or {})
+        if self.max_steps and self.api != "gym21":
+            kwargs["max_episode_steps"] = self.max_steps
+        if seed is not None and self.seed_kwarg:
+            kwargs[self.seed_kwarg] = int(seed)
+        env = self.gym.make(self.request["gym_id"], **kwargs)
+        for target in self.request.get("wrappers") or []:
+            env = _import_target(target)(env)
+        return env
 
     def spaces(self):
         obs = self.obs_flat.describe()
@@ -333,12 +343,29 @@ class HostedEnv(object):
     def _obs(self, raw):
         return np.asarray(self.obs_flat(raw), dtype=self.obs_dtype)
 
-    def reset(self, seed):
+    def reset(self, seed, explicit=True):
+        """Start an episode; `explicit` is False for the auto-reset after an episode ends.
+
+        Libraries seeded through a make() argument (procgen's rand_seed) are re-made with it,
+        and so are libraries that ignore a reset in mid-episode (`remake_on_reset`).
+        """
         self.steps = 0
         self.ep_return = 0.0
+        if explicit and ((seed is not None and self.seed_kwarg) or self.remake_on_reset):
+            self.env.close()
+            self.env = self._make(seed)
+            seed = None if self.seed_kwarg else seed
         if self.api == "gym21":
             if seed is not None:
-                self.env.seed(int(seed))
+                # legacy libraries often draw from the global generators
+                random.seed(int(seed))
+                np.random.seed(int(seed) % (2 ** 32))
+                seed_method = getattr(self.env, "seed", None)
+                if seed_method is not None:
+                    try:
+                        seed_method(int(seed))
+                    except TypeError:
+                        pass  # seed() takes no argument here: the globals above still apply
             raw, info = self.env.reset(), {}
         else:
             out = self.env.reset(seed=None if seed is None else int(seed))
@@ -462,7 +489,7 @@ class EnvGroup(object):
                     fin = _jsonable(info) if info else {}
                     fin["episode"] = {"r": env.ep_return, "l": env.steps}
                     final_infos[str(i)] = fin
-                    o, info = env.reset(None)
+                    o, info = env.reset(None, explicit=False)
             except Exception as exc:
                 exc.env_index = i
                 raise

@@ -5,7 +5,8 @@ observation is a Dict (image, direction, mission string); every env is wrapped i
 `minigrid.wrappers:ImgObsWrapper`, which keeps the 7x7x3 uint8 egocentric grid
 encoding (object, colour, state per cell; not RGB pixels). Only tasks whose mission
 is fixed or readable from the grid are declared, since the mission text is dropped.
-The library runs in its own virtualenv; this package never imports it."""
+The library runs in its own virtualenv; this package never imports it.
+"""
 
 from pathlib import Path
 

@@ -111,8 +111,32 @@ class VenvBackend(Backend):
         if proc.returncode != 0:
             raise BuildError(spec.name, step, proc.stdout + proc.stderr)
 
+    def _check_apt(self, spec: EnvLibrarySpec) -> None:
+        """A venv cannot install Debian packages: name the missing ones instead of failing later."""
+        if not spec.environment.apt_packages or shutil.which("dpkg-query") is None:
+            return
+        missing = []
+        for pkg in spec.environment.apt_packages:
+            out = subprocess.run(
+                ["dpkg-query", "-W", "-f=${Status}", pkg],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if "install ok installed" not in out.stdout:
+                missing.append(pkg)
+        if missing:
+            raise BuildError(
+                spec.name,
+                "checking system packages",
+                f"the venv backend needs these Debian packages on the host: {' '.join(missing)}\n"
+                f"install them with: sudo apt-get install {' '.join(missing)} "
+                "(or use --backend docker, which installs them in the image)",
+            )
+
     def _build(self, spec: EnvLibrarySpec, path: Path) -> None:
         uv = uv_executable()
+        self._check_apt(spec)
         env_block = spec.environment
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
