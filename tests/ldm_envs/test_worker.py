@@ -20,6 +20,7 @@ def test_messages_round_trip_without_pickle():
         np.array(3.5),
     ]
     sender, receiver = Channel(a), Channel(b, spin=0.0001)
+    receiver.buf = bytearray(64)  # tiny: forces compaction and growth mid-message
     sender.send({"cmd": "step", "x": [1, None]}, arrays)
     header, got = receiver.recv(timeout=5)
     assert header == {"cmd": "step", "x": [1, None]}
@@ -119,9 +120,10 @@ def test_gym21_done_becomes_terminated_or_truncated(legacy_gym):
     for _ in range(2):
         group.handle({"cmd": "step"}, [np.array([0, 1])])
     reply, out = group.handle({"cmd": "step"}, [np.array([0, 1])])
-    obs, _rewards, terminated, truncated, final0, _final1 = out
-    assert terminated.tolist() == [True, False]  # done without TimeLimit.truncated
-    assert truncated.tolist() == [False, True]  # done with TimeLimit.truncated
+    obs, status, final0, _final1 = out  # status rows: reward, terminated, truncated
+    assert status[0].tolist() == [1.0, 1.0]
+    assert status[1].tolist() == [1, 0]  # terminated: done without TimeLimit.truncated
+    assert status[2].tolist() == [0, 1]  # truncated: done with TimeLimit.truncated
     assert reply["done"] == [0, 1]
     assert reply["final_infos"]["0"]["episode"] == {"r": 3.0, "l": 3}
     np.testing.assert_array_equal(final0, [3.0])
@@ -134,4 +136,4 @@ def test_episode_limit_is_enforced_by_the_worker(legacy_gym):
     group.handle({"cmd": "reset"}, [])
     group.handle({"cmd": "step"}, [np.array([0])])
     _, out = group.handle({"cmd": "step"}, [np.array([0])])
-    assert out[3].tolist() == [True] and out[2].tolist() == [False]
+    assert out[1][2].tolist() == [1] and out[1][1].tolist() == [0]

@@ -66,6 +66,8 @@ class ActionChecker:
 
     def bad_rows(self, actions: np.ndarray) -> np.ndarray:
         """Indices of rows outside the space (NaN, out of bounds, non-integer)."""
+        if self._all_inside(actions):
+            return np.empty(0, np.int64)
         flat = actions.reshape(actions.shape[0], -1)
         ok = np.all(
             (flat >= self.low.ravel() if np.ndim(self.low) else flat >= self.low)
@@ -75,6 +77,16 @@ class ActionChecker:
         if self.dtype.kind in "iub" and actions.dtype.kind == "f":
             ok &= np.all(np.mod(flat, 1) == 0, axis=1)
         return np.flatnonzero(~ok)
+
+    def _all_inside(self, actions: np.ndarray) -> bool:
+        """One vectorized test for the common case; rows are only examined on failure."""
+        if actions.dtype.kind in "iub":
+            if np.ndim(self.low) == 0:  # scalar bounds: two reductions
+                return bool(actions.min() >= self.low and actions.max() <= self.high)
+            return bool(np.all(actions >= self.low) and np.all(actions <= self.high))
+        if self.dtype.kind == "f":
+            return bool(np.all(actions >= self.low) and np.all(actions <= self.high))
+        return False
 
     def convert(
         self, actions: Any, n: int, env_ids: Sequence[str], first_index: int = 0
@@ -303,6 +315,8 @@ class EnvPool:
         terminated = np.zeros(n, np.bool_)
         truncated = np.zeros(n, np.bool_)
         infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        single = len(self.workers) == 1
+        stacked_obs: np.ndarray | None = None
         for w in self.workers:
             try:
                 reply, arrays = w.recv(self.step_timeout)
@@ -310,18 +324,28 @@ class EnvPool:
                 self._restart(w, exc, obs, truncated, infos)
                 continue
             k = self._n_obs_buffers(w, reply)
-            self._scatter(w, reply, arrays[:k], obs)
-            sl = slice(w.indices[0], w.indices[-1] + 1)
-            rewards[sl], terminated[sl], truncated[sl] = arrays[k], arrays[k + 1], arrays[k + 2]
-            for key, info in reply["infos"].items():
+            status = arrays[k]  # rows: reward, terminated, truncated
+            if single:
+                rewards, terminated, truncated = status[0], status[1] > 0, status[2] > 0
+                stacked_obs = arrays[0] if k == 1 else None
+                if stacked_obs is None:
+                    self._scatter(w, reply, arrays[:k], obs)
+            else:
+                self._scatter(w, reply, arrays[:k], obs)
+                sl = slice(w.indices[0], w.indices[-1] + 1)
+                rewards[sl], terminated[sl], truncated[sl] = status[0], status[1], status[2]
+            for key, info in reply.get("infos", {}).items():
                 infos[w.indices[int(key)]] = info
-            for j, local in enumerate(reply["done"]):
+            for j, local in enumerate(reply.get("done", ())):
                 i = w.indices[local]
                 info = dict(infos[i])
-                info["final_obs"] = arrays[k + 3 + j]
+                info["final_obs"] = arrays[k + 1 + j]
                 info["final_info"] = reply["final_infos"][str(local)]
                 infos[i] = info
         self._pending = None
+        if single and stacked_obs is not None and self.homogeneous:
+            self.workers[0].last_obs = stacked_obs  # type: ignore[assignment]
+            return StepResult(stacked_obs, rewards, terminated, truncated, infos)
         return StepResult(self._gather(obs), rewards, terminated, truncated, infos)
 
     def step(self, actions: Any) -> StepResult:

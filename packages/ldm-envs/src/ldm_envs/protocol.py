@@ -7,6 +7,7 @@ that name the library, the env and the cause.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from abc import ABC, abstractmethod
@@ -86,8 +87,10 @@ class SocketWorkerClient(WorkerClient):
     """A worker reached over a Unix socket (the venv and docker backends)."""
 
     def __init__(
-        self, sock: socket.socket, process: WorkerProcess, library: str, spin: float = 0.0005
+        self, sock: socket.socket, process: WorkerProcess, library: str, spin: float | None = None
     ) -> None:
+        if spin is None:
+            spin = float(os.environ.get("LDM_HOST_SPIN_US", "500")) * 1e-6
         self.sock = sock
         self.channel = Channel(sock, spin)
         self.process = process

@@ -24,15 +24,31 @@ import warnings
 
 import numpy as np
 
-PROTOCOL_VERSION = 1
-MAGIC = b"LDM1"
-_PREFIX = struct.Struct("<4sII")  # magic, header length, number of buffers
-_LENGTH = struct.Struct("<Q")
+PROTOCOL_VERSION = 2
+MAGIC = b"LDM2"
+# prefix: magic, JSON header length, number of buffers; then per buffer a fixed record (dtype
+# string, ndim, byte length) followed by its ndim dims; then the header; then the buffers.
+_PREFIX = struct.Struct("<4sII")
+_BUFFER = struct.Struct("<4sBQ")
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
+_HEADER_CACHE = {}
 
 
-# ---------------------------------------------------------------------------------------------
-# Wire format
-# ---------------------------------------------------------------------------------------------
+def _encode_header(header):
+    # the hot headers ({"cmd": "step"}, {"stacked": true}) are encoded once
+    key = tuple(header.items()) if len(header) <= 2 else None
+    if key is not None:
+        try:
+            return _HEADER_CACHE[key]
+        except (KeyError, TypeError):
+            pass
+    body = _ENCODER.encode(header).encode("utf-8")
+    if key is not None and len(_HEADER_CACHE) < 256:
+        try:
+            _HEADER_CACHE[key] = body
+        except TypeError:
+            pass
+    return body
 
 
 def pack(header, arrays=()):
@@ -43,13 +59,12 @@ def pack(header, arrays=()):
         arr = np.asarray(arr)
         if not arr.flags.c_contiguous:
             arr = arr.copy(order="C")
-        metas.append([arr.dtype.str, list(arr.shape)])
+        metas.append(_BUFFER.pack(arr.dtype.str.encode("ascii"), arr.ndim, arr.nbytes))
+        if arr.ndim:
+            metas.append(struct.pack("<%dQ" % arr.ndim, *arr.shape))
         buffers.append(arr.data.cast("B") if arr.nbytes else b"")
-    header = dict(header)
-    header["arrays"] = metas
-    body = json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
-    lengths = b"".join(_LENGTH.pack(len(b)) for b in buffers)
-    return [_PREFIX.pack(MAGIC, len(body), len(buffers)), lengths, body] + buffers
+    body = _encode_header(header)
+    return [_PREFIX.pack(MAGIC, len(body), len(buffers)), b"".join(metas), body] + buffers
 
 
 def send_message(sock, header, arrays=()):
@@ -67,14 +82,16 @@ class Channel(object):
     """Buffered message reader over a blocking socket, spinning briefly before sleeping.
 
     A reply usually arrives within microseconds; sleeping in `recv` costs a scheduler wake-up
-    (~40 us per direction on a small VM), so each side polls without blocking for `spin`
-    seconds first, then falls back to `select` with the caller's timeout. One `recv_into` usually
-    brings in a whole message.
+    (~40 us per direction on a small VM), so a side polls without blocking for up to `spin`
+    seconds first, then falls back to `select` with the caller's timeout. It spins only while
+    recent messages arrived within the spin window: when the peer is busy for longer (SB3
+    computing a policy update between steps) spinning would only steal a core from it.
     """
 
     def __init__(self, sock, spin=0.0):
         self.sock = sock
         self.spin = spin
+        self.recent_wait = 0.0
         self.buf = bytearray(1 << 16)
         self.start = 0
         self.end = 0
@@ -92,54 +109,72 @@ class Channel(object):
                 self.start, self.end = 0, len(pending)
             self.end += self._recv_some(deadline)
 
+    def _note(self, waited):
+        self.recent_wait = 0.7 * self.recent_wait + 0.3 * waited
+
     def _recv_some(self, deadline):
         view = memoryview(self.buf)[self.end:]
-        if self.spin > 0:
-            stop = time.perf_counter() + self.spin
-            while True:
-                try:
-                    k = self.sock.recv_into(view, 0, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    if time.perf_counter() < stop:
-                        continue
-                    break
-                if k == 0:
-                    raise ConnectionError("peer closed the connection")
-                return k
-        if deadline is not None:
-            remaining = deadline - time.monotonic()
-            ready, _, _ = select.select([self.sock], [], [], max(0.0, remaining))
-            if not ready:
-                raise TimeoutError("no message within the time limit")
-        k = self.sock.recv_into(view)
+        sock = self.sock
+        try:
+            k = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            k = -1
+        if k < 0:
+            t0 = time.perf_counter()
+            if self.spin > 0 and self.recent_wait < self.spin:
+                stop = t0 + self.spin
+                while k < 0 and time.perf_counter() < stop:
+                    try:
+                        k = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        pass
+            if k < 0:
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    ready, _, _ = select.select([sock], [], [], max(0.0, remaining))
+                    if not ready:
+                        raise TimeoutError("no message within the time limit")
+                k = sock.recv_into(view)
+            self._note(time.perf_counter() - t0)
         if k == 0:
             raise ConnectionError("peer closed the connection")
         return k
 
-    def _take(self, n, deadline):
-        self._ensure(n, deadline)
-        out = memoryview(self.buf)[self.start:self.start + n]
-        self.start += n
-        if self.start == self.end:
-            self.start = self.end = 0
-        return out
-
     def recv(self, timeout=None):
-        """Receive one message: returns (header dict, list of arrays that own their memory)."""
+        """Receive one message: returns (header dict, list of arrays that own their memory).
+
+        Offsets are kept relative to `self.start`, since `_ensure` may compact the buffer.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        magic, body_len, n_buffers = _PREFIX.unpack(bytes(self._take(_PREFIX.size, deadline)))
+        self._ensure(_PREFIX.size, deadline)
+        magic, body_len, n_buffers = _PREFIX.unpack_from(self.buf, self.start)
         if magic != MAGIC:
             raise ConnectionError("bad magic %r: not an ldm worker stream" % (magic,))
-        raw = bytes(self._take(_LENGTH.size * n_buffers, deadline)) if n_buffers else b""
-        lengths = [_LENGTH.unpack_from(raw, i * _LENGTH.size)[0] for i in range(n_buffers)]
-        header = json.loads(bytes(self._take(body_len, deadline)).decode("utf-8"))
-        metas = header.pop("arrays", [])
+        rel = _PREFIX.size
+        metas = []
+        for _ in range(n_buffers):
+            self._ensure(rel + _BUFFER.size, deadline)
+            dtype, ndim, nbytes = _BUFFER.unpack_from(self.buf, self.start + rel)
+            rel += _BUFFER.size
+            shape = ()
+            if ndim:
+                self._ensure(rel + 8 * ndim, deadline)
+                shape = struct.unpack_from("<%dQ" % ndim, self.buf, self.start + rel)
+                rel += 8 * ndim
+            metas.append((dtype.rstrip(b"\x00").decode("ascii"), shape, nbytes))
+        self._ensure(rel + body_len + sum(m[2] for m in metas), deadline)
+        buf = self.buf
+        at = self.start + rel
+        header = json.loads(buf[at:at + body_len].decode("utf-8")) if body_len else {}
+        at += body_len
         arrays = []
-        for (dtype, shape), length in zip(metas, lengths):
-            data = bytearray(self._take(length, deadline)) if length else bytearray()
-            arr = np.frombuffer(data, dtype=np.dtype(dtype)) if length else np.zeros(
-                0, np.dtype(dtype))
-            arrays.append(arr.reshape(shape))
+        for dtype, shape, nbytes in metas:
+            # slicing a bytearray copies: each array owns writable memory
+            arrays.append(np.frombuffer(buf[at:at + nbytes], dtype=dtype).reshape(shape))
+            at += nbytes
+        self.start = at
+        if self.start == self.end:
+            self.start = self.end = 0
         return header, arrays
 
 
@@ -375,6 +410,8 @@ class HostedEnv(object):
     def _action(self, action):
         space = self.env.action_space
         if self.action_kind == "Discrete":
+            if isinstance(action, int):
+                return action
             return int(np.asarray(action).reshape(-1)[0])
         if self.action_kind == "Box":
             return np.asarray(action, dtype=space.dtype).reshape(space.shape)
@@ -451,7 +488,7 @@ class EnvGroup(object):
 
     def _pack_obs(self, obs_list):
         if self.stacked:
-            return [np.stack(obs_list)]
+            return [np.array(obs_list)]
         return list(obs_list)
 
     def cmd_reset(self, header, arrays):
@@ -474,15 +511,16 @@ class EnvGroup(object):
 
     def cmd_step(self, header, arrays):
         actions = arrays[0]
-        n = len(self.envs)
-        rewards = np.zeros(n, np.float64)
-        terminated = np.zeros(n, np.bool_)
-        truncated = np.zeros(n, np.bool_)
+        if actions.ndim == 1 and actions.dtype.kind in "iu":
+            actions = actions.tolist()  # plain ints: the cheapest thing to hand a Discrete env
+        rewards, terminated, truncated = [], [], []
         obs, finals, infos, final_infos, done_idx = [], [], {}, {}, []
         for i, env in enumerate(self.envs):
             try:
                 o, r, term, trunc, info = env.step(actions[i])
-                rewards[i], terminated[i], truncated[i] = r, term, trunc
+                rewards.append(r)
+                terminated.append(term)
+                truncated.append(trunc)
                 if term or trunc:
                     done_idx.append(i)
                     finals.append(o)
@@ -496,10 +534,15 @@ class EnvGroup(object):
             obs.append(o)
             if info:
                 infos[str(i)] = _jsonable(info)
-        out = self._pack_obs(obs) + [rewards, terminated, truncated]
+        # rewards, terminated and truncated travel as the rows of one float64 buffer
+        out = self._pack_obs(obs) + [np.array([rewards, terminated, truncated], np.float64)]
         out += finals
-        reply = {"infos": infos, "final_infos": final_infos, "done": done_idx,
-                 "stacked": self.stacked}
+        reply = {"stacked": self.stacked}  # empty keys are left out: the host defaults them
+        if infos:
+            reply["infos"] = infos
+        if done_idx:
+            reply["done"] = done_idx
+            reply["final_infos"] = final_infos
         return reply, out
 
     def cmd_probe(self, header, arrays):
