@@ -37,7 +37,12 @@ def _steps_per_second(env: Any, num_envs: int, seconds: float) -> float:
 
 
 def _ppo_steps_per_second(make_env: Callable[[], Any], timesteps: int) -> float:
+    import torch
     from stable_baselines3 import PPO
+
+    # one torch thread for both contenders: SB3's small MLPs gain nothing from more on 2 cores,
+    # and a second thread only contends with the env worker
+    torch.set_num_threads(1)
 
     env = make_env()
     model = PPO("MlpPolicy", env, n_steps=128, batch_size=256, n_epochs=1, seed=0, device="cpu")
@@ -72,10 +77,14 @@ def run_benchmark(
             gym.vector.AsyncVectorEnv(make), num_envs, seconds
         )
     for backend in backends or ["venv"]:
-        label = f"ldm {backend} ({workers} worker{'s' if workers > 1 else ''})"
-        with console.status(f"measuring {label}"):
-            env = LdmVectorEnv(spec, ENV_ID, num_envs, backend=backend, num_workers=workers)
-            rates[label] = _steps_per_second(env, num_envs, seconds)
+        for pin in (False, True) if backend == "venv" else (False,):
+            label = f"ldm {backend} ({workers} worker{'s' if workers > 1 else ''}"
+            label += ", pinned)" if pin else ")"
+            with console.status(f"measuring {label}"):
+                env = LdmVectorEnv(
+                    spec, ENV_ID, num_envs, backend=backend, num_workers=workers, pin_workers=pin
+                )
+                rates[label] = _steps_per_second(env, num_envs, seconds)
     sync, asyn = rates["gymnasium SyncVectorEnv"], rates["gymnasium AsyncVectorEnv"]
     table = Table(title=f"CartPole-v1, {num_envs} envs, random actions")
     for col in ("contender", "env-steps/s", "x Sync", "x Async"):

@@ -83,9 +83,10 @@ class Channel(object):
 
     A reply usually arrives within microseconds; sleeping in `recv` costs a scheduler wake-up
     (~40 us per direction on a small VM), so a side polls without blocking for up to `spin`
-    seconds first, then falls back to `select` with the caller's timeout. It spins only while
-    recent messages arrived within the spin window: when the peer is busy for longer (SB3
-    computing a policy update between steps) spinning would only steal a core from it.
+    seconds first, then falls back to `select` with the caller's timeout. When recent messages
+    came after a longer but regular gap (SB3 computing its policy between steps), it naps in
+    `select` until shortly before the next one is due and spins only then, so it neither steals
+    a core from the host nor pays a cold wake-up; after long pauses it just sleeps.
     """
 
     def __init__(self, sock, spin=0.0):
@@ -121,8 +122,13 @@ class Channel(object):
             k = -1
         if k < 0:
             t0 = time.perf_counter()
-            if self.spin > 0 and self.recent_wait < self.spin:
-                stop = t0 + self.spin
+            expected = self.recent_wait
+            if self.spin > 0 and self.spin <= expected < 20 * self.spin:
+                # a regular, longer gap (the host runs a policy between steps): nap until just
+                # before the message is due, then spin; an early message still wakes us at once
+                select.select([sock], [], [], expected - self.spin)
+            if self.spin > 0 and expected < 20 * self.spin:
+                stop = time.perf_counter() + self.spin
                 while k < 0 and time.perf_counter() < stop:
                     try:
                         k = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
@@ -613,6 +619,16 @@ def serve(sock, spin=0.0002):
     group.close_envs()
 
 
+def _tighten_timer_slack():
+    """Linux delays timed sleeps by up to 50 us by default; the worker's naps need precision."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in nanoseconds
+    except Exception:
+        pass
+
+
 def main(argv=None):
     """Connect to the host's socket and serve until it closes."""
     argv = sys.argv[1:] if argv is None else argv
@@ -620,6 +636,7 @@ def main(argv=None):
         sys.stderr.write("usage: worker.py --connect SOCKET_PATH\n")
         return 2
     warnings.simplefilter("ignore")
+    _tighten_timer_slack()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(argv[1])
     spin = float(os.environ.get("LDM_WORKER_SPIN_US", "200")) * 1e-6
