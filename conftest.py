@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from ldm_envs.manifest import EnvLibrarySpec
 from ldm_envs.plugins import registry
 

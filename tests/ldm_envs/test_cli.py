@@ -1,5 +1,6 @@
-from ldm_envs.cli import app
 from typer.testing import CliRunner
+
+from ldm_envs.cli import app
 
 runner = CliRunner()
 

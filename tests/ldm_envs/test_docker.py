@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ldm_envs.errors import WorkerCrashedError
 from ldm_envs.pool import EnvPool
 from ldm_envs.vector import LdmVectorEnv

@@ -3,6 +3,7 @@ and docker (spaces as declared, observations inside them, finite rewards, episod
 
 import numpy as np
 import pytest
+
 from ldm_envs.backends import get_backend
 from ldm_envs.checker import check_library, last_check
 from ldm_envs.plugins import registry

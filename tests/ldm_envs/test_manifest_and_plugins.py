@@ -2,6 +2,7 @@ from importlib.metadata import EntryPoint
 
 import pytest
 import yaml
+
 from ldm_envs.errors import ManifestError, PluginError, UnknownEnvError, UnknownLibraryError
 from ldm_envs.manifest import parse_manifest, read_manifest, write_manifest
 from ldm_envs.plugins import ENTRY_POINT_GROUP, LibraryRegistry, registry

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from ldm_envs.backends import get_backend
 from ldm_envs.errors import (
     ActionError,

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from ldm_envs.sb3 import LdmSB3VecEnv
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv
+
+from ldm_envs.sb3 import LdmSB3VecEnv
 
 pytestmark = pytest.mark.slow
 

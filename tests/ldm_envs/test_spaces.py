@@ -1,6 +1,7 @@
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from ldm_envs.errors import SpaceError
 from ldm_envs.spaces import (
     BoxSpace,

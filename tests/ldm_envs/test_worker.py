@@ -7,6 +7,7 @@ import types
 import gymnasium as gym
 import numpy as np
 import pytest
+
 from ldm_envs.worker import Channel, EnvGroup, Flattener
 
 

@@ -1,0 +1,1 @@
+"""ldm-autorl: ranked, recorded, relabeled, filtered reference policies."""

@@ -1,0 +1,191 @@
+"""One training run, as a task an executor runs in its own process (local pool or Ray).
+
+A run trains one candidate on one env through the isolated vector env, optionally records
+every transition into shards and relabels them, logs to MLflow, and writes its result record
+last (atomically): a record on disk means the run is done, so an interrupted pipeline resumes
+by skipping it, and the MLflow run, found again by its run key, is never duplicated.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ldm_autorl import layout, tracking
+from ldm_autorl.candidates import registry as candidate_registry
+from ldm_autorl.recording import RecordingVecEnv, relabel
+from ldm_autorl.stats import window
+from ldm_envs.dataset.shards import ShardMeta, ShardWriter
+from ldm_envs.manifest import atomic_write_text
+from ldm_envs.plugins import get_library
+from ldm_envs.sb3 import LdmSB3VecEnv
+
+
+class RunResult(BaseModel):
+    """The record of a finished run (`runs/<stage>/.../<candidate>-s<seed>.json`)."""
+
+    run_key: str
+    stage: str
+    library: str
+    env_id: str
+    candidate: str
+    seed: int
+    budget: int
+    mlflow_run_id: str
+    episode_returns: list[float]
+    episode_lengths: list[int]
+    first10_mean: float
+    last10_mean: float
+    shards: list[str] = []
+    model: str | None = None
+    seconds: float
+    learn_seconds: float
+    record_seconds: float
+    relabel_seconds: float = 0.0
+
+
+def load_result(path: Path) -> RunResult | None:
+    """A finished run's record, or None if the run has not finished."""
+    if not path.exists():
+        return None
+    return RunResult.model_validate_json(path.read_text())
+
+
+def train_run(
+    *,
+    stage: str,
+    library: str,
+    env_id: str,
+    candidate: str,
+    seed: int,
+    budget: int,
+    root: str,
+    record: bool = False,
+    backend: str = "venv",
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Train `candidate` on `env_id` for `budget` transitions; returns the RunResult as a dict."""
+    start = time.perf_counter()
+    root_path = Path(root)
+    out = layout.result_path(root_path, stage, library, env_id, candidate, seed)
+    done = load_result(out)
+    if done is not None:
+        return done.model_dump()
+    spec = get_library(library)
+    cand = candidate_registry().get(candidate)
+    key = layout.run_key(stage, library, env_id, candidate, seed)
+    shards = layout.shard_dir(root_path, library, env_id, candidate, seed)
+    shutil.rmtree(shards, ignore_errors=True)  # leftovers of an interrupted attempt
+    tags = {
+        tracking.TAG_ENV: env_id,
+        tracking.TAG_CANDIDATE: candidate,
+        tracking.TAG_SEED: str(seed),
+    }
+    params = {
+        "algorithm": cand.algorithm,
+        "budget": budget,
+        "n_envs": cand.n_envs,
+        "backend": backend,
+        **{f"hp.{k}": v for k, v in cand.hyperparams.items()},
+    }
+    with tracking.tracked_run(
+        stage,
+        library,
+        key,
+        name=f"{env_id} · {candidate} · s{seed}",
+        tags=tags,
+        params=params,
+        parent_run_id=parent_run_id,
+    ) as run:
+        venv = LdmSB3VecEnv(spec, env_id, cand.n_envs, backend=backend)
+        writers = None
+        if record:
+            obs_space = venv.pool.observation_spaces[0]
+            act_space = venv.pool.action_spaces[0]
+            writers = [
+                ShardWriter(
+                    shards / f"part-{k}.arrow",
+                    ShardMeta(
+                        library=library,
+                        env_id=env_id,
+                        candidate=candidate,
+                        seed=seed,
+                        run_key=key,
+                        mlflow_run_id=run.run_id,
+                        observation_space=obs_space,
+                        action_space=act_space,
+                        environment_ref=spec.environment.content_hash(),
+                        part=k,
+                        created=time.time(),
+                    ),
+                )
+                for k in range(cand.n_envs)
+            ]
+        env = RecordingVecEnv(venv, writers)
+        try:
+            env.seed(seed)
+            model = cand.make_model(env, seed=seed)
+            learn_start = time.perf_counter()
+            model.learn(budget, progress_bar=False)
+            learn_seconds = time.perf_counter() - learn_start
+            paths = env.finish()
+        except BaseException:
+            env.abort()
+            env.close()
+            raise
+        env.close()
+        relabel_seconds = 0.0
+        model_file = None
+        if record:
+            relabel_start = time.perf_counter()
+            for path in paths:
+                relabel(model, path)
+            relabel_seconds = time.perf_counter() - relabel_start
+            model_file = layout.model_path(root_path, library, env_id, candidate, seed)
+            model_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = model_file.with_suffix(".tmp.zip")
+            model.save(tmp)
+            tmp.replace(model_file)
+            run.log_artifact(model_file, "model")
+        returns = env.episode_returns
+        first = window(returns, "first")
+        last = window(returns, "last")
+        result = RunResult(
+            run_key=key,
+            stage=stage,
+            library=library,
+            env_id=env_id,
+            candidate=candidate,
+            seed=seed,
+            budget=budget,
+            mlflow_run_id=run.run_id,
+            episode_returns=returns,
+            episode_lengths=env.episode_lengths,
+            first10_mean=float(first.mean()) if first.size else float("nan"),
+            last10_mean=float(last.mean()) if last.size else float("nan"),
+            shards=[str(p.relative_to(root_path)) for p in paths],
+            model=str(model_file.relative_to(root_path)) if model_file else None,
+            seconds=0.0,
+            learn_seconds=learn_seconds,
+            record_seconds=env.record_seconds,
+            relabel_seconds=relabel_seconds,
+        )
+        run.log_metrics(
+            {
+                "episodes": len(returns),
+                "first10_mean_return": result.first10_mean,
+                "last10_mean_return": result.last10_mean,
+                "learn_seconds": learn_seconds,
+                "record_seconds": env.record_seconds,
+                "relabel_seconds": relabel_seconds,
+            }
+        )
+        if returns:
+            run.log_learning_curve(returns, title=f"{library} {env_id}: {candidate} (seed {seed})")
+        result.seconds = time.perf_counter() - start
+    atomic_write_text(out, result.model_dump_json())
+    return result.model_dump()

@@ -1,0 +1,58 @@
+"""Where ldm-autorl keeps its results under the data root (default `<data home>/autorl`).
+
+```
+runs/<stage>/<library>/<env>/<candidate>-s<seed>.json   one finished run (written last: resume key)
+shards/<library>/<env>/<candidate>-s<seed>/part-<k>.arrow   transitions, a part per sub-env
+models/<library>/<env>/<candidate>-s<seed>.zip           the final SB3 policy
+ranking/<library>.json                                   the library's candidate ranking
+index/                                                   the Polars index over shards/ (ldm-envs)
+```
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ldm_envs.paths import data_home
+
+
+def default_root() -> Path:
+    """`<data home>/autorl`."""
+    return data_home() / "autorl"
+
+
+def safe(name: str) -> str:
+    """A path component for an env id or candidate (ids may hold '/', as ALE's do)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "__", name)
+
+
+def run_key(stage: str, library: str, env_id: str, candidate: str, seed: int) -> str:
+    """The identity of one training run, used for resume and for MLflow de-duplication."""
+    return f"{stage}/{library}/{env_id}/{candidate}/s{seed}"
+
+
+def _stem(candidate: str, seed: int) -> str:
+    return f"{safe(candidate)}-s{seed}"
+
+
+def result_path(
+    root: Path, stage: str, library: str, env_id: str, candidate: str, seed: int
+) -> Path:
+    """The JSON record of a finished run."""
+    return root / "runs" / stage / library / safe(env_id) / f"{_stem(candidate, seed)}.json"
+
+
+def shard_dir(root: Path, library: str, env_id: str, candidate: str, seed: int) -> Path:
+    """The folder holding a reference run's shard parts."""
+    return root / "shards" / library / safe(env_id) / _stem(candidate, seed)
+
+
+def model_path(root: Path, library: str, env_id: str, candidate: str, seed: int) -> Path:
+    """The saved final policy of a reference run."""
+    return root / "models" / library / safe(env_id) / f"{_stem(candidate, seed)}.zip"
+
+
+def ranking_path(root: Path, library: str) -> Path:
+    """The ranking of a library's candidates."""
+    return root / "ranking" / f"{library}.json"

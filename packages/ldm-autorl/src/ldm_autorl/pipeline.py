@@ -1,0 +1,360 @@
+"""The stages of the paper's dataset generation: rank, train (record + relabel), filter, index.
+
+Every stage is resumable: runs are tasks whose result records are written last, a stage only
+submits the runs without a record, and MLflow runs are found again by their run keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from rich.console import Console
+
+from ldm_autorl import layout, tracking
+from ldm_autorl.candidates import CandidateConfig, compatibility
+from ldm_autorl.candidates import registry as candidate_registry
+from ldm_autorl.executors import Executor, TaskResult, TaskSpec
+from ldm_autorl.jobs import RunResult, load_result
+from ldm_autorl.stats import decide, rank_candidates, window
+from ldm_envs.dataset.index import write_index
+from ldm_envs.dataset.shards import write_decision
+from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
+from ldm_envs.plugins import get_library
+
+#: Paper: at most this many envs of one library get reference runs.
+MAX_ENVS_PER_LIBRARY = 250
+DEFAULT_RANK_BUDGET = 10_000
+DEFAULT_TRAIN_BUDGET = 20_000
+TASK_TARGET = "ldm_autorl.jobs:train_run"
+
+
+@dataclass
+class StageOutcome:
+    """What a stage did: finished runs (including earlier ones) and failures with their cause."""
+
+    results: list[RunResult] = field(default_factory=list)
+    failures: list[TaskResult] = field(default_factory=list)
+    skipped: int = 0
+
+
+def _candidates(names: Sequence[str] | None) -> list[CandidateConfig]:
+    reg = candidate_registry()
+    return [reg.get(n) for n in names] if names else [reg.get(n) for n in reg.names()]
+
+
+def _run_tasks(
+    tasks: list[TaskSpec],
+    done: list[RunResult],
+    executor: Executor,
+    console: Console,
+    description: str,
+) -> StageOutcome:
+    outcome = StageOutcome(results=list(done), skipped=len(done))
+    if done:
+        console.print(f"[dim]{len(done)} run(s) already finished: skipped[/]")
+    if not tasks:
+        return outcome
+    for result in executor.run(tasks, description=description):
+        if result.ok:
+            outcome.results.append(RunResult.model_validate(result.value))
+        else:
+            outcome.failures.append(result)
+            console.print(
+                f"[red]run {result.key} failed after {result.attempts} attempt(s), "
+                f"quarantined:[/] {result.error.strip().splitlines()[-1] if result.error else ''}",
+                highlight=False,
+            )
+    return outcome
+
+
+def _plan(
+    stage: str,
+    spec: EnvLibrarySpec,
+    pairs: list[tuple[str, CandidateConfig]],
+    *,
+    seeds: Sequence[int],
+    budget: int,
+    root: Path,
+    record: bool,
+    backend: str,
+    parent_run_id: str | None,
+    timeout_s: float,
+) -> tuple[list[TaskSpec], list[RunResult]]:
+    tasks, done = [], []
+    for env_id, cand in pairs:
+        for seed in seeds:
+            path = layout.result_path(root, stage, spec.name, env_id, cand.name, seed)
+            finished = load_result(path)
+            if finished is not None:
+                done.append(finished)
+                continue
+            tasks.append(
+                TaskSpec(
+                    key=layout.run_key(stage, spec.name, env_id, cand.name, seed),
+                    target=TASK_TARGET,
+                    kwargs={
+                        "stage": stage,
+                        "library": spec.name,
+                        "env_id": env_id,
+                        "candidate": cand.name,
+                        "seed": seed,
+                        "budget": budget,
+                        "root": str(root),
+                        "record": record,
+                        "backend": backend,
+                        "parent_run_id": parent_run_id,
+                    },
+                    timeout_s=timeout_s,
+                    retries=1,
+                )
+            )
+    return tasks, done
+
+
+def compatible_pairs(
+    spec: EnvLibrarySpec, env_ids: Sequence[str], candidates: Sequence[CandidateConfig]
+) -> list[tuple[str, CandidateConfig]]:
+    """Every (env, candidate) whose spaces fit, in env then candidate order."""
+    pairs = []
+    for env_id in env_ids:
+        env = spec.env(env_id)
+        if env.observation_space is None or env.action_space is None:
+            continue
+        for cand in candidates:
+            if compatibility(cand, env.observation_space, env.action_space)[0]:
+                pairs.append((env_id, cand))
+    return pairs
+
+
+def rank(
+    library: str,
+    *,
+    executor: Executor,
+    root: Path,
+    budget: int = DEFAULT_RANK_BUDGET,
+    seeds: Sequence[int] = (0,),
+    candidates: Sequence[str] | None = None,
+    backend: str = "venv",
+    timeout_s: float = 3600,
+    console: Console | None = None,
+) -> tuple[pl.DataFrame, StageOutcome]:
+    """Train compatible candidates on the ranking subset and rank them by Welch points."""
+    console = console or Console()
+    spec = get_library(library)
+    pairs = compatible_pairs(spec, spec.ranking_envs, _candidates(candidates))
+    with tracking.tracked_run(
+        "ranking",
+        library,
+        f"ranking/{library}",
+        name=f"ranking {library}",
+        params={"budget": budget, "seeds": ",".join(map(str, seeds)), "backend": backend},
+        reuse_finished=True,
+    ) as parent:
+        tasks, done = _plan(
+            "ranking",
+            spec,
+            pairs,
+            seeds=seeds,
+            budget=budget,
+            root=root,
+            record=False,
+            backend=backend,
+            parent_run_id=parent.run_id,
+            timeout_s=timeout_s,
+        )
+        console.print(
+            f"ranking [bold]{library}[/]: {len(pairs)} (env, candidate) pairs on "
+            f"{len(spec.ranking_envs)} envs x {len(seeds)} seed(s), budget {budget:,} transitions"
+        )
+        outcome = _run_tasks(tasks, done, executor, console, f"ranking {library}")
+        last: dict[str, dict[str, list[float]]] = {}
+        for res in outcome.results:
+            last.setdefault(res.env_id, {}).setdefault(res.candidate, []).extend(
+                window(res.episode_returns, "last").tolist()
+            )
+        table = rank_candidates(last)
+        per_env = _per_env_scores(outcome.results)
+        parent.log_table(table, "ranking")
+        if per_env.height:
+            parent.log_table(per_env, "ranking_per_env")
+            parent.log_figure(_ranking_figure(table, per_env), "ranking.png")
+        parent.log_metrics({"runs": len(outcome.results), "failures": len(outcome.failures)})
+    atomic_write_text(
+        layout.ranking_path(root, library),
+        json.dumps(
+            {
+                "library": library,
+                "budget": budget,
+                "ranking": table.to_dicts(),
+                "failures": [f.key for f in outcome.failures],
+            },
+            indent=2,
+        ),
+    )
+    return table, outcome
+
+
+def _per_env_scores(results: Sequence[RunResult]) -> pl.DataFrame:
+    rows = [
+        {
+            "env_id": r.env_id,
+            "candidate": r.candidate,
+            "seed": r.seed,
+            "episodes": len(r.episode_returns),
+            "first10_mean": r.first10_mean,
+            "last10_mean": r.last10_mean,
+            "seconds": round(r.seconds, 1),
+        }
+        for r in results
+    ]
+    return pl.DataFrame(rows) if rows else pl.DataFrame()
+
+
+def _ranking_figure(table: pl.DataFrame, per_env: pl.DataFrame) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    axes[0].barh(table["candidate"].to_list()[::-1], table["points"].to_list()[::-1])
+    axes[0].set_xlabel("Welch points (summed over the ranking subset)")
+    axes[0].set_title("candidate ranking")
+    pivot = per_env.pivot(
+        on="env_id", index="candidate", values="last10_mean", aggregate_function="mean"
+    )
+    envs = [c for c in pivot.columns if c != "candidate"]
+    data = pivot.select(envs).to_numpy().astype(float)
+    finite = np.where(np.isfinite(data), data, np.nan)
+    with np.errstate(all="ignore"):
+        lo = np.nanmin(np.nan_to_num(finite, nan=np.inf), axis=0)
+        hi = np.nanmax(np.nan_to_num(finite, nan=-np.inf), axis=0)
+        norm = (finite - lo) / np.where(hi > lo, hi - lo, 1.0)
+    axes[1].imshow(norm, aspect="auto", cmap="viridis")
+    axes[1].set_xticks(range(len(envs)), envs, rotation=30, ha="right")
+    axes[1].set_yticks(range(pivot.height), pivot["candidate"].to_list())
+    axes[1].set_title("last-10% return, normalized per env")
+    fig.tight_layout()
+    return fig
+
+
+def load_ranking(root: Path, library: str) -> list[str]:
+    """Candidate names in ranking order.
+
+    Raises:
+        FileNotFoundError: telling to run `ldm-autorl rank LIB` first.
+    """
+    path = layout.ranking_path(root, library)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no ranking for library {library!r} under {root}: run `ldm-autorl rank {library}`"
+        )
+    return [row["candidate"] for row in json.loads(path.read_text())["ranking"]]
+
+
+def train(
+    library: str,
+    *,
+    executor: Executor,
+    root: Path,
+    top_n: int = 3,
+    budget: int = DEFAULT_TRAIN_BUDGET,
+    seeds: Sequence[int] = (0,),
+    env_ids: Sequence[str] | None = None,
+    max_envs: int = MAX_ENVS_PER_LIBRARY,
+    backend: str = "venv",
+    timeout_s: float = 6 * 3600,
+    console: Console | None = None,
+) -> StageOutcome:
+    """Reference runs: the top-N compatible ranked candidates on every env, recorded."""
+    console = console or Console()
+    spec = get_library(library)
+    ranked = _candidates(load_ranking(root, library))
+    envs = list(env_ids or spec.env_ids)[:max_envs]
+    pairs = []
+    for env_id in envs:
+        pairs += compatible_pairs(spec, [env_id], ranked)[:top_n]
+    with tracking.tracked_run(
+        "reference",
+        library,
+        f"reference/{library}",
+        name=f"reference runs {library}",
+        params={"budget": budget, "top_n": top_n, "backend": backend},
+        reuse_finished=True,
+    ) as parent:
+        tasks, done = _plan(
+            "reference",
+            spec,
+            pairs,
+            seeds=seeds,
+            budget=budget,
+            root=root,
+            record=True,
+            backend=backend,
+            parent_run_id=parent.run_id,
+            timeout_s=timeout_s,
+        )
+        console.print(
+            f"reference runs for [bold]{library}[/]: {len(pairs)} (env, candidate) pairs, "
+            f"top {top_n} per env, budget {budget:,} transitions, recorded"
+        )
+        outcome = _run_tasks(tasks, done, executor, console, f"reference {library}")
+        parent.log_metrics({"runs": len(outcome.results), "failures": len(outcome.failures)})
+    return outcome
+
+
+def filter_runs(library: str, *, root: Path, console: Console | None = None) -> pl.DataFrame:
+    """Decide every reference run of the library, record decisions, rebuild the index."""
+    console = console or Console()
+    spec = get_library(library)
+    results: dict[str, list[RunResult]] = {}
+    for env_id in spec.env_ids:
+        folder = root / "runs" / "reference" / library / layout.safe(env_id)
+        for path in sorted(folder.glob("*.json")):
+            res = load_result(path)
+            if res is not None:
+                results.setdefault(env_id, []).append(res)
+    rows = []
+    with tracking.tracked_run(
+        "filter", library, f"filter/{library}", name=f"filter {library}", reuse_finished=True
+    ) as parent:
+        for env_id, runs in results.items():
+            decisions = decide({r.run_key: r.episode_returns for r in runs})
+            for r in runs:
+                d = decisions[r.run_key]
+                payload = {"kept": d.kept, "reason": d.reason, "stats": d.model_dump()}
+                for shard in r.shards:
+                    write_decision(root / shard, payload)
+                tracking.set_run_tags(
+                    r.mlflow_run_id,
+                    {
+                        tracking.TAG_DECISION: "kept" if d.kept else "dropped",
+                        tracking.TAG_REASON: d.reason,
+                    },
+                )
+                rows.append(
+                    {
+                        "env_id": env_id,
+                        "candidate": r.candidate,
+                        "seed": r.seed,
+                        "kept": d.kept,
+                        "reason": d.reason,
+                        "first10_mean": d.first10_mean,
+                        "last10_mean": d.last10_mean,
+                        "improvement_p": d.improvement_p,
+                        "threshold": d.threshold,
+                    }
+                )
+        table = pl.DataFrame(rows) if rows else pl.DataFrame()
+        if rows:
+            parent.log_table(table, "filter_decisions")
+            parent.log_metrics({"kept": int(table["kept"].sum()), "runs": table.height})
+    index = write_index(root)
+    console.print(f"index written: {index}")
+    return table

@@ -1,0 +1,69 @@
+"""Task functions for the executor and tracking tests, importable by child processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def ok(x: int = 0) -> dict[str, Any]:
+    return {"x": x, "pid": os.getpid()}
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def hang(seconds: float = 3600) -> None:
+    time.sleep(seconds)
+
+
+def crash(code: int = 3) -> None:
+    sys.stdout.flush()
+    os._exit(code)
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def flaky(state_file: str) -> str:
+    """Fail the first time (leaving a mark in `state_file`), succeed afterwards."""
+    path = Path(state_file)
+    if not path.exists():
+        path.write_text("failed once")
+        raise RuntimeError("first attempt fails")
+    return "recovered"
+
+
+def hang_with_grandchild(pid_file: str) -> None:
+    """Start a long-lived child process, record its pid, then hang."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(pid_file).write_text(str(child.pid))
+    time.sleep(3600)
+
+
+def not_json() -> object:
+    return object()
+
+
+def log_concurrently(home: str, key: str, barrier: Any, points: int) -> None:
+    """Log a run to the embedded store under `home`, starting together with another process."""
+    os.environ["LDM_HOME"] = home
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    from ldm_autorl import tracking
+
+    barrier.wait(timeout=120)
+    with tracking.tracked_run(
+        "reference", "toy", key, name=key, params={"key": key, "points": points}
+    ) as run:
+        for step in range(20):
+            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            run.set_tags({"progress": str(step)})
+        run.log_learning_curve([float(i % 7) for i in range(points)], title=key)

@@ -1,0 +1,96 @@
+"""Welch ranking and both filters on known inputs."""
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from ldm_autorl.stats import (
+    decide,
+    greater,
+    improvement,
+    performance_threshold,
+    rank_candidates,
+    window,
+)
+
+rng = np.random.default_rng(0)
+
+
+def test_windows_take_at_least_one_episode():
+    assert window(range(100), "first").tolist() == list(range(10))
+    assert window(range(100), "last").tolist() == list(range(90, 100))
+    assert window([5.0, 6.0, 7.0], "last").tolist() == [7.0]  # ceil(0.3) = 1
+    assert window([], "first").size == 0
+
+
+def test_greater_is_a_one_tailed_welch_test():
+    a, b = rng.normal(10, 1, 30), rng.normal(9, 3, 12)
+    significant, p = greater(a, b)
+    expected = sps.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+    assert p == pytest.approx(expected) and significant == (expected < 0.05)
+    assert not greater(b - 5, a)[0]  # one-tailed: the other direction is not a win
+    assert greater([500.0] * 5, [200.0] * 5) == (True, 0.0)  # both constant: compare means
+    assert not greater([1.0], [0.0])[0]  # too few samples
+
+
+def test_ranking_sums_pairwise_points_over_envs():
+    good, mid, bad = rng.normal(100, 5, 20), rng.normal(50, 5, 20), rng.normal(0, 5, 20)
+    table = rank_candidates(
+        {
+            "A-v0": {"ppo": good, "dqn": mid, "a2c": bad},
+            "B-v0": {"ppo": mid, "dqn": good, "a2c": bad},
+            "C-v0": {"ppo": good, "a2c": mid},  # dqn incompatible here: no points for or against
+        }
+    )
+    rows = {r["candidate"]: r for r in table.iter_rows(named=True)}
+    assert rows["ppo"]["points"] == 2 + 1 + 1
+    assert rows["dqn"]["points"] == 1 + 2
+    assert rows["a2c"]["points"] == 0
+    assert rows["dqn"]["envs"] == 2
+    assert table["candidate"].to_list() == ["ppo", "dqn", "a2c"]
+    assert table["rank"].to_list() == [1, 2, 3]
+
+
+def test_ranking_ties_break_on_normalized_score():
+    same = rng.normal(10, 50, 10)
+    table = rank_candidates({"A-v0": {"x": same, "y": same + 1.0}})
+    assert table["points"].to_list() == [0, 0]
+    assert table["candidate"].to_list() == ["y", "x"]
+
+
+def test_improvement_filter_on_known_curves():
+    learning = np.concatenate([rng.normal(20, 5, 50), rng.normal(200, 5, 50)])
+    flat = rng.normal(20, 5, 100)
+    assert improvement(learning)[0]
+    assert not improvement(flat)[0]
+    first, last = improvement(learning)[2:]
+    assert first == pytest.approx(np.mean(learning[:10]))
+    assert last == pytest.approx(np.mean(learning[-10:]))
+
+
+def test_performance_threshold_is_sound_for_negative_and_zero_returns():
+    assert performance_threshold(200.0, 0.0) == pytest.approx(190.0)  # 95% of the best
+    # Pendulum: untrained ~ -1400, best -150: a run at -200 is kept, one at -250 is not
+    t = performance_threshold(-150.0, -1400.0)
+    assert t == pytest.approx(-1400 + 0.95 * 1250)
+    assert -200 > t > -250
+    assert performance_threshold(0.0, 0.0) == 0.0
+    assert performance_threshold(-10.0, -5.0) == -5.0  # nothing improved: best must be matched
+
+
+def test_decide_applies_both_filters_with_reasons():
+    up = lambda start, end: np.concatenate([rng.normal(start, 3, 30), rng.normal(end, 3, 30)])  # noqa: E731
+    decisions = decide(
+        {
+            "best": up(-1400, -150),
+            "close": up(-1400, -190),
+            "weak": up(-1400, -700),
+            "flat": rng.normal(-1400, 3, 60),
+            "empty": [],
+        }
+    )
+    assert decisions["best"].kept and decisions["close"].kept
+    assert not decisions["weak"].kept and "below 95%" in decisions["weak"].reason
+    assert not decisions["flat"].kept and "no significant improvement" in decisions["flat"].reason
+    assert not decisions["empty"].kept and decisions["empty"].reason == "no complete episode"
+    assert decisions["best"].threshold == decisions["weak"].threshold
