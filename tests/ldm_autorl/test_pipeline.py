@@ -74,8 +74,10 @@ def test_ranking_table_and_mlflow_runs(ranked, root):
         children = runs_with_tag("ranking", res.run_key)
         assert len(children) == 1
         assert children[0].data.tags[tracking.TAG_CANDIDATE] == res.candidate
-    parent = runs_with_tag("ranking", "ranking/toy")
+    parent = runs_with_tag("ranking", layout.stage_key("ranking", "toy", BUDGET))
     assert len(parent) == 1
+    experiment = mlflow.get_experiment_by_name("ldm-ranking/toy")
+    assert experiment.tags[tracking.TAG_EXPERIMENT_KIND] == tracking.MODEL_TRAINING
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent[0].info.run_id)}
     assert {"ranking.csv", "ranking.png"} <= artifacts
     assert layout.ranking_path(root, "toy").exists()
@@ -122,7 +124,9 @@ def test_filter_tags_runs_and_builds_the_index(ranked, root):
     assert runs["kept"].null_count() == 0
     assert set(runs["reason"].to_list()) <= set(table["reason"].to_list())
     for row in table.iter_rows(named=True):
-        key = layout.run_key("reference", "toy", row["env_id"], row["candidate"], row["seed"])
+        key = layout.run_key(
+            "reference", "toy", row["env_id"], row["candidate"], row["seed"], BUDGET
+        )
         (run,) = runs_with_tag("reference", key)
         assert run.data.tags[tracking.TAG_DECISION] == ("kept" if row["kept"] else "dropped")
         assert run.data.tags[tracking.TAG_REASON] == row["reason"]
@@ -199,7 +203,8 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
             for r in client.search_runs([exp.experiment_id], max_results=1000)
         ]
     assert len(keys) == len(set(keys)), sorted(keys)
-    assert sum(k.startswith("reference/toy/") for k in keys) == 3  # top 1 on each probed env
+    # reference run keys (stage/library/env/candidate/seed/budget), top 1 on each probed env
+    assert sum(k.startswith("reference/toy/") and k.count("/") == 5 for k in keys) == 3
 
 
 def test_ray_executor_runs_a_ranking(tmp_path):

@@ -46,8 +46,11 @@ def _root(root: Path | None) -> Path:
 
 
 def _executor(name: str, address: str | None, workers: int | None):
-    from ldm_autorl.executors import make_executor
+    from ldm_autorl.executors import LocalExecutor, make_executor
 
+    if name == "local" and address is None:
+        # tasks fork from a server that imported torch/SB3/MLflow once
+        return LocalExecutor(max_workers=workers, preload=["ldm_autorl.preload"])
     return make_executor(name, address=address, max_workers=workers)
 
 

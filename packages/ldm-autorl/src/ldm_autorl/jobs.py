@@ -71,14 +71,14 @@ def train_run(
     """Train `candidate` on `env_id` for `budget` transitions; returns the RunResult as a dict."""
     start = time.perf_counter()
     root_path = Path(root)
-    out = layout.result_path(root_path, stage, library, env_id, candidate, seed)
+    out = layout.result_path(root_path, stage, library, env_id, candidate, seed, budget)
     done = load_result(out)
     if done is not None:
         return done.model_dump()
     spec = get_library(library)
     cand = candidate_registry().get(candidate)
-    key = layout.run_key(stage, library, env_id, candidate, seed)
-    shards = layout.shard_dir(root_path, library, env_id, candidate, seed)
+    key = layout.run_key(stage, library, env_id, candidate, seed, budget)
+    shards = layout.shard_dir(root_path, library, env_id, candidate, seed, budget)
     shutil.rmtree(shards, ignore_errors=True)  # leftovers of an interrupted attempt
     tags = {
         tracking.TAG_ENV: env_id,
@@ -145,7 +145,7 @@ def train_run(
             for path in paths:
                 relabel(model, path)
             relabel_seconds = time.perf_counter() - relabel_start
-            model_file = layout.model_path(root_path, library, env_id, candidate, seed)
+            model_file = layout.model_path(root_path, library, env_id, candidate, seed, budget)
             model_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = model_file.with_suffix(".tmp.zip")
             model.save(tmp)

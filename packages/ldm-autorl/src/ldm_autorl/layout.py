@@ -1,9 +1,9 @@
 """Where ldm-autorl keeps its results under the data root (default `<data home>/autorl`).
 
 ```
-runs/<stage>/<library>/<env>/<candidate>-s<seed>.json   one finished run (written last: resume key)
-shards/<library>/<env>/<candidate>-s<seed>/part-<k>.arrow   transitions, a part per sub-env
-models/<library>/<env>/<candidate>-s<seed>.zip           the final SB3 policy
+runs/<stage>/<library>/<env>/<cand>-s<seed>-b<budget>.json    a finished run (written last)
+shards/<library>/<env>/<cand>-s<seed>-b<budget>/part-<k>.arrow  a part per sub-env
+models/<library>/<env>/<cand>-s<seed>-b<budget>.zip          the final SB3 policy
 ranking/<library>.json                                   the library's candidate ranking
 index/                                                   the Polars index over shards/ (ldm-envs)
 ```
@@ -27,30 +27,43 @@ def safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]", "__", name)
 
 
-def run_key(stage: str, library: str, env_id: str, candidate: str, seed: int) -> str:
-    """The identity of one training run, used for resume and for MLflow de-duplication."""
-    return f"{stage}/{library}/{env_id}/{candidate}/s{seed}"
+def run_key(stage: str, library: str, env_id: str, candidate: str, seed: int, budget: int) -> str:
+    """The identity of one training run, used for resume and for MLflow de-duplication.
+
+    The budget is part of it: a run at another budget is another run, never a reused one.
+    """
+    return f"{stage}/{library}/{env_id}/{candidate}/s{seed}/b{budget}"
 
 
-def _stem(candidate: str, seed: int) -> str:
-    return f"{safe(candidate)}-s{seed}"
+def stage_key(stage: str, library: str, budget: int | None = None) -> str:
+    """The key of a stage's parent run (per budget where the stage has one)."""
+    return f"{stage}/{library}" + (f"/b{budget}" if budget is not None else "")
+
+
+def _stem(candidate: str, seed: int, budget: int) -> str:
+    return f"{safe(candidate)}-s{seed}-b{budget}"
 
 
 def result_path(
-    root: Path, stage: str, library: str, env_id: str, candidate: str, seed: int
+    root: Path, stage: str, library: str, env_id: str, candidate: str, seed: int, budget: int
 ) -> Path:
     """The JSON record of a finished run."""
-    return root / "runs" / stage / library / safe(env_id) / f"{_stem(candidate, seed)}.json"
+    stem = _stem(candidate, seed, budget)
+    return root / "runs" / stage / library / safe(env_id) / f"{stem}.json"
 
 
-def shard_dir(root: Path, library: str, env_id: str, candidate: str, seed: int) -> Path:
+def shard_dir(
+    root: Path, library: str, env_id: str, candidate: str, seed: int, budget: int
+) -> Path:
     """The folder holding a reference run's shard parts."""
-    return root / "shards" / library / safe(env_id) / _stem(candidate, seed)
+    return root / "shards" / library / safe(env_id) / _stem(candidate, seed, budget)
 
 
-def model_path(root: Path, library: str, env_id: str, candidate: str, seed: int) -> Path:
+def model_path(
+    root: Path, library: str, env_id: str, candidate: str, seed: int, budget: int
+) -> Path:
     """The saved final policy of a reference run."""
-    return root / "models" / library / safe(env_id) / f"{_stem(candidate, seed)}.zip"
+    return root / "models" / library / safe(env_id) / f"{_stem(candidate, seed, budget)}.zip"
 
 
 def ranking_path(root: Path, library: str) -> Path:

@@ -89,14 +89,14 @@ def _plan(
     tasks, done = [], []
     for env_id, cand in pairs:
         for seed in seeds:
-            path = layout.result_path(root, stage, spec.name, env_id, cand.name, seed)
+            path = layout.result_path(root, stage, spec.name, env_id, cand.name, seed, budget)
             finished = load_result(path)
             if finished is not None:
                 done.append(finished)
                 continue
             tasks.append(
                 TaskSpec(
-                    key=layout.run_key(stage, spec.name, env_id, cand.name, seed),
+                    key=layout.run_key(stage, spec.name, env_id, cand.name, seed, budget),
                     target=TASK_TARGET,
                     kwargs={
                         "stage": stage,
@@ -151,7 +151,7 @@ def rank(
     with tracking.tracked_run(
         "ranking",
         library,
-        f"ranking/{library}",
+        layout.stage_key("ranking", library, budget),
         name=f"ranking {library}",
         params={"budget": budget, "seeds": ",".join(map(str, seeds)), "backend": backend},
         reuse_finished=True,
@@ -283,7 +283,7 @@ def train(
     with tracking.tracked_run(
         "reference",
         library,
-        f"reference/{library}",
+        layout.stage_key("reference", library, budget),
         name=f"reference runs {library}",
         params={"budget": budget, "top_n": top_n, "backend": backend},
         reuse_finished=True,
@@ -322,7 +322,11 @@ def filter_runs(library: str, *, root: Path, console: Console | None = None) -> 
                 results.setdefault(env_id, []).append(res)
     rows = []
     with tracking.tracked_run(
-        "filter", library, f"filter/{library}", name=f"filter {library}", reuse_finished=True
+        "filter",
+        library,
+        layout.stage_key("filter", library),
+        name=f"filter {library}",
+        reuse_finished=True,
     ) as parent:
         for env_id, runs in results.items():
             decisions = decide({r.run_key: r.episode_returns for r in runs})

@@ -67,6 +67,9 @@ TAG_ENV = "ldm.env_id"
 TAG_CANDIDATE = "ldm.candidate"
 TAG_SEED = "ldm.seed"
 TAG_RUN_KEY = "ldm.run_key"
+#: MLflow 3 picks the UI view of an experiment from this tag.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
 TAG_DECISION = "ldm.filter.decision"
 TAG_REASON = "ldm.filter.reason"
 TAG_ERROR = "ldm.error"
@@ -281,7 +284,12 @@ def experiment_id(stage: str, library: str) -> str:
                 lambda: client.create_experiment(
                     name,
                     artifact_location=location,
-                    tags={TAG_STAGE: stage, TAG_LIBRARY: library},
+                    # the UI opens these in its model-training view, not the GenAI one
+                    tags={
+                        TAG_STAGE: stage,
+                        TAG_LIBRARY: library,
+                        TAG_EXPERIMENT_KIND: MODEL_TRAINING,
+                    },
                 )
             )
         except MlflowException:
