@@ -40,8 +40,12 @@ def main() -> None:
     start = time.perf_counter()
     executor = LocalExecutor(max_workers=args.workers, preload=["ldm_autorl.preload"])
     _, outcome = pipeline.rank(
-        "classic-control", executor=executor, root=root, budget=args.budget,
-        candidates=candidates, console=console,
+        "classic-control",
+        executor=executor,
+        root=root,
+        budget=args.budget,
+        candidates=candidates,
+        console=console,
     )
     wall = time.perf_counter() - start
     learn = sum(r.learn_seconds - r.record_seconds for r in outcome.results)
@@ -56,9 +60,14 @@ def main() -> None:
     timings = {}
     for record in (False, True):
         res = train_run(
-            stage="reference", library="classic-control", env_id="CartPole-v1",
-            candidate=candidates[0], seed=0, budget=args.record_budget,
-            root=str(root / ("rec" if record else "norec")), record=record,
+            stage="reference",
+            library="classic-control",
+            env_id="CartPole-v1",
+            candidate=candidates[0],
+            seed=0,
+            budget=args.record_budget,
+            root=str(root / ("rec" if record else "norec")),
+            record=record,
         )
         timings[record] = res["learn_seconds"]
     console.print(
