@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -92,4 +91,4 @@ def make_sb3_vec_env(
     return LdmSB3VecEnv(library, env_ids, num_envs=num_envs, **pool_options)
 
 
-__all__ = ["LdmVectorEnv", "gym", "make_sb3_vec_env"]
+__all__ = ["LdmVectorEnv", "make_sb3_vec_env"]
