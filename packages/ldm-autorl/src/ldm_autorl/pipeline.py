@@ -117,6 +117,23 @@ def _plan(
     return tasks, done
 
 
+def _submit(
+    stage: str,
+    spec: EnvLibrarySpec,
+    pairs: list[tuple[str, CandidateConfig]],
+    *,
+    parent_run_id: str,
+    executor: Executor,
+    console: Console,
+    summary: str,
+    **plan: Any,
+) -> StageOutcome:
+    """Plan the stage's runs (skipping finished ones), say what will run, and run the rest."""
+    tasks, done = _plan(stage, spec, pairs, parent_run_id=parent_run_id, **plan)
+    console.print(summary)
+    return _run_tasks(tasks, done, executor, console, f"{stage} {spec.name}")
+
+
 def compatible_pairs(
     spec: EnvLibrarySpec, env_ids: Sequence[str], candidates: Sequence[CandidateConfig]
 ) -> list[tuple[str, CandidateConfig]]:
@@ -156,23 +173,22 @@ def rank(
         params={"budget": budget, "seeds": ",".join(map(str, seeds)), "backend": backend},
         reuse_finished=True,
     ) as parent:
-        tasks, done = _plan(
+        outcome = _submit(
             "ranking",
             spec,
             pairs,
+            parent_run_id=parent.run_id,
+            executor=executor,
+            console=console,
+            summary=f"ranking [bold]{library}[/]: {len(pairs)} (env, candidate) pairs on "
+            f"{len(spec.ranking_envs)} envs x {len(seeds)} seed(s), budget {budget:,} transitions",
             seeds=seeds,
             budget=budget,
             root=root,
             record=False,
             backend=backend,
-            parent_run_id=parent.run_id,
             timeout_s=timeout_s,
         )
-        console.print(
-            f"ranking [bold]{library}[/]: {len(pairs)} (env, candidate) pairs on "
-            f"{len(spec.ranking_envs)} envs x {len(seeds)} seed(s), budget {budget:,} transitions"
-        )
-        outcome = _run_tasks(tasks, done, executor, console, f"ranking {library}")
         last: dict[str, dict[str, list[float]]] = {}
         for res in outcome.results:
             last.setdefault(res.env_id, {}).setdefault(res.candidate, []).extend(
@@ -288,23 +304,22 @@ def train(
         params={"budget": budget, "top_n": top_n, "backend": backend},
         reuse_finished=True,
     ) as parent:
-        tasks, done = _plan(
+        outcome = _submit(
             "reference",
             spec,
             pairs,
+            parent_run_id=parent.run_id,
+            executor=executor,
+            console=console,
+            summary=f"reference runs for [bold]{library}[/]: {len(pairs)} (env, candidate) "
+            f"pairs, top {top_n} per env, budget {budget:,} transitions, recorded",
             seeds=seeds,
             budget=budget,
             root=root,
             record=True,
             backend=backend,
-            parent_run_id=parent.run_id,
             timeout_s=timeout_s,
         )
-        console.print(
-            f"reference runs for [bold]{library}[/]: {len(pairs)} (env, candidate) pairs, "
-            f"top {top_n} per env, budget {budget:,} transitions, recorded"
-        )
-        outcome = _run_tasks(tasks, done, executor, console, f"reference {library}")
         parent.log_metrics({"runs": len(outcome.results), "failures": len(outcome.failures)})
     return outcome
 

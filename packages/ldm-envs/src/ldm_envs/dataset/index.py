@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from ldm_envs.dataset.errors import CorruptFileError, CorruptIndexError
 from ldm_envs.dataset.shards import (
+    EPISODE_COLUMNS,
     FORMAT_VERSION,
     SHARD_SUFFIX,
     TMP_MARK,
@@ -69,12 +70,7 @@ EPISODES_SCHEMA: dict[str, pl.DataType] = {
     "seed": pl.Int64(),
     "run_key": pl.String(),
     "shard_path": pl.String(),
-    "episode": pl.Int64(),
-    "start": pl.Int64(),
-    "length": pl.Int64(),
-    "return": pl.Float64(),
-    "terminated": pl.Boolean(),
-    "complete": pl.Boolean(),
+    **EPISODE_COLUMNS,  # what ShardReader.episodes() returns, after the identity columns
 }
 
 
