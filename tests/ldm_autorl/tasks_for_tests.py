@@ -1,4 +1,4 @@
-"""Task functions for the executor and tracking tests, importable by child processes."""
+"""Task functions for the executor tests, importable by child processes."""
 
 from __future__ import annotations
 
@@ -51,19 +51,3 @@ def hang_with_grandchild(pid_file: str) -> None:
 
 def not_json() -> object:
     return object()
-
-
-def log_concurrently(home: str, key: str, barrier: Any, points: int) -> None:
-    """Log a run to the embedded store under `home`, starting together with another process."""
-    os.environ["LDM_HOME"] = home
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    from ldm_autorl import tracking
-
-    barrier.wait(timeout=120)
-    with tracking.tracked_run(
-        "reference", "toy", key, name=key, params={"key": key, "points": points}
-    ) as run:
-        for step in range(20):
-            run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
-            run.set_tags({"progress": str(step)})
-        run.log_learning_curve([float(i % 7) for i in range(points)], title=key)

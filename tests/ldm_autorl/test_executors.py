@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -177,3 +179,12 @@ def test_ray_executor(tmp_path: Path) -> None:
     finally:
         executor.close()
     assert not ray.is_initialized()
+
+
+def test_importing_is_cheap() -> None:
+    code = (
+        "import sys, ldm_autorl.executors; "
+        "heavy = {'mlflow', 'ray', 'polars', 'matplotlib'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

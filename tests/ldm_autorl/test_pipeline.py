@@ -14,9 +14,10 @@ import pytest
 from stable_baselines3 import A2C, DQN
 from typer.testing import CliRunner
 
-from ldm_autorl import layout, pipeline, tracking
+from ldm_autorl import layout, pipeline
 from ldm_autorl.cli import app
 from ldm_autorl.executors import LocalExecutor
+from ldm_envs import tracking
 from ldm_envs.dataset.index import read_index
 from ldm_envs.dataset.shards import ShardReader
 from ldm_envs.plugins import registry as library_registry

@@ -15,10 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ldm_autorl import layout, tracking
+from ldm_autorl import layout
 from ldm_autorl.candidates import registry as candidate_registry
 from ldm_autorl.recording import RecordingVecEnv, relabel
 from ldm_autorl.stats import window
+from ldm_envs import tracking
 from ldm_envs.dataset.shards import ShardMeta, ShardWriter
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library

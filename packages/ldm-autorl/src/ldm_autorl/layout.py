@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ldm_envs.paths import data_home
+from ldm_envs.paths import dataset_root
 
 
 def default_root() -> Path:
-    """`<data home>/autorl`."""
-    return data_home() / "autorl"
+    """`<data home>/autorl` (`ldm_envs.paths.dataset_root`)."""
+    return dataset_root()
 
 
 def safe(name: str) -> str:

@@ -16,12 +16,13 @@ import numpy as np
 import polars as pl
 from rich.console import Console
 
-from ldm_autorl import layout, tracking
+from ldm_autorl import layout
 from ldm_autorl.candidates import CandidateConfig, compatibility
 from ldm_autorl.candidates import registry as candidate_registry
 from ldm_autorl.executors import Executor, TaskResult, TaskSpec
 from ldm_autorl.jobs import RunResult, load_result
 from ldm_autorl.stats import decide, rank_candidates, window
+from ldm_envs import tracking
 from ldm_envs.dataset.index import write_index
 from ldm_envs.dataset.shards import write_decision
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text

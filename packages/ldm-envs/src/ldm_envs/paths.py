@@ -27,3 +27,8 @@ def docker_dir() -> Path:
 def checks_dir() -> Path:
     """Results of `ldm-envs check`, one JSON file per library and backend."""
     return data_home() / "checks"
+
+
+def dataset_root() -> Path:
+    """Where ldm-autorl writes reference runs, shards and the index, and ldm-model reads them."""
+    return data_home() / "autorl"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import polars as pl
 from filelock import FileLock
 
+from ldm_envs.atomic import replace_dir
 from ldm_envs.dataset.errors import CorruptFileError, CorruptIndexError
 from ldm_envs.dataset.shards import (
     EPISODE_COLUMNS,
@@ -253,13 +254,7 @@ def write_index(root: Path, **build_kwargs: Any) -> Path:
                 "episodes": episodes.height,
             }
             _write_synced(tmp / INFO_FILE, lambda p: p.write_text(json.dumps(info, indent=1)))
-            if index.exists():
-                old = root / f".{INDEX_DIR}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-                os.replace(index, old)
-                os.replace(tmp, index)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, index)
+            replace_dir(tmp, index)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

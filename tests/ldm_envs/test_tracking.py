@@ -1,4 +1,4 @@
-"""ldm_autorl.tracking against a real embedded SQLite store and a real MLflow server."""
+"""ldm_envs.tracking against a real embedded SQLite store and a real MLflow server."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ldm_autorl import tracking
+from ldm_envs import tracking
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_tables_figures_artifacts_and_late_tags(home: Path, tmp_path: Path) -> N
 
 
 def test_two_processes_log_to_one_new_store_at_once(home: Path) -> None:
-    from tests.ldm_autorl.tasks_for_tests import log_concurrently
+    from tests.ldm_envs.tracking_tasks import log_concurrently
 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
@@ -346,8 +346,21 @@ def test_locked_database_is_retried() -> None:
 
 def test_importing_is_cheap() -> None:
     code = (
-        "import sys, ldm_autorl.tracking, ldm_autorl.executors; "
-        "heavy = {'mlflow', 'ray', 'polars', 'matplotlib'} & set(sys.modules); "
+        "import sys, ldm_envs, ldm_envs.tracking; "
+        "heavy = {'mlflow', 'polars', 'matplotlib'} & set(sys.modules); "
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_extra_is_named(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if mlflow/matplotlib were not installed: importing the module still works, using it
+    # says which extra to install.
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ImportError, match=r"pip install 'ldm-envs\[tracking\]'"):
+        tracking.setup()
+    with pytest.raises(ImportError, match=r"ldm-envs\[tracking\]"):
+        tracking.find_run("reference", "toy", "k")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"needs 'matplotlib'.*ldm-envs\[tracking\]"):
+        tracking._learning_curve_figure([1.0], "t")

@@ -1,4 +1,10 @@
-"""MLflow tracking for ldm-autorl: the one module of the package that talks to MLflow.
+"""MLflow tracking for ldm: the one module that talks to MLflow, shared by every stage.
+
+It lives in ldm-envs, the package every other one depends on, so that ldm-autorl (ranking,
+reference, filter, dataset), ldm-model and ldm-eval all log the same way without depending on
+each other. It needs the optional extra `ldm-envs[tracking]` (mlflow, matplotlib); without it,
+`import ldm_envs` and even `import ldm_envs.tracking` still work, and the first call that needs
+MLflow raises an ImportError that says what to install.
 
 By default everything goes to an embedded store under the data home: a SQLite database at
 `<data_home>/mlflow/mlflow.db` and artifacts under `<data_home>/mlflow/artifacts`. Setting
@@ -13,13 +19,15 @@ FAILED, KILLED) is reopened by `tracked_run` rather than duplicated.
 Several processes may log to the same SQLite store at once (a local process pool): the store is
 created under a file lock, and writes that meet `database is locked` are retried with backoff.
 
-MLflow itself (slow to import) is imported on first use, so importing this module is cheap.
+MLflow and matplotlib (slow to import) are imported on first use, so importing this module is
+cheap.
 """
 
 from __future__ import annotations
 
 import contextlib
 import html
+import importlib
 import json
 import logging
 import math
@@ -103,6 +111,26 @@ class TrackingError(RuntimeError):
     """Tracking failed in a way the caller must fix (a changed param, a deleted experiment)."""
 
 
+_EXTRA_HINT = "pip install 'ldm-envs[tracking]'"
+
+
+def _require(module: str) -> None:
+    """Import `module` (mlflow, matplotlib), or say which extra provides it.
+
+    Raises:
+        ImportError: the module is not installed; the message names the tracking extra.
+    """
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.split(".")[0] != module.split(".")[0]:
+            raise
+        raise ImportError(
+            f"ldm_envs.tracking needs {module!r}, which is not installed; install the tracking "
+            f"extra: {_EXTRA_HINT} (or, in the ldm workspace, `uv sync`)"
+        ) from exc
+
+
 # --------------------------------------------------------------------------------------------
 # Where things go
 
@@ -158,7 +186,11 @@ def setup() -> None:
     On SQLite, the first process to get here creates the tables (MLflow's migrations, a few
     seconds) while holding a file lock next to the database, so processes starting together do
     not race on the schema.
+
+    Raises:
+        ImportError: mlflow is not installed (the `ldm-envs[tracking]` extra).
     """
+    _require("mlflow")
     import mlflow
 
     uri = tracking_uri()
@@ -266,6 +298,7 @@ def experiment_id(stage: str, library: str) -> str:
         TrackingError: the experiment exists but was deleted (restore it, or purge it with
             `mlflow gc`, before running again).
     """
+    _require("mlflow")
     from mlflow.exceptions import MlflowException
 
     name = _experiment_name(stage, library)
@@ -327,6 +360,7 @@ def find_run(stage: str, library: str, run_key: str) -> Run | None:
     work is done; anything else is an interrupted attempt that `tracked_run` will reopen.
     Does not create the experiment.
     """
+    _require("mlflow")
     from mlflow.entities import ViewType
 
     name = _experiment_name(stage, library)
@@ -383,6 +417,7 @@ def tracked_run(
     Yields:
         The run's handle.
     """
+    _require("mlflow")
     from mlflow.tracking.context import registry as context_registry
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -448,6 +483,7 @@ class RunHandle:
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Log metrics in one batch, at `step` (0 when None), stamped now."""
+        _require("mlflow")
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -464,6 +500,7 @@ class RunHandle:
             TrackingError: a param already holds a different value (MLflow params are
                 immutable; a resumed run whose config changed needs a new run key).
         """
+        _require("mlflow")
         from mlflow.entities import Param
 
         flat = {k: _truncate(_param_str(v), _MAX_PARAM_LEN) for k, v in _flatten(params).items()}
@@ -494,6 +531,7 @@ class RunHandle:
         the returns, a moving mean, and the means of the first and last 10% of episodes (what
         the filter compares).
         """
+        _require("mlflow")
         from mlflow.entities import Metric
 
         values = [float(r) for r in returns]
@@ -584,6 +622,7 @@ def _param_str(value: Any) -> str:
 
 
 def _learning_curve_figure(values: list[float], title: str) -> Figure:
+    _require("matplotlib")
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")

@@ -1,0 +1,24 @@
+"""Publishing a folder atomically: readers see the old folder or the new one, never a mix."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the fully written folder `tmp` onto `final`, replacing any folder there.
+
+    A folder cannot be renamed over a non-empty one, so an existing `final` is first renamed
+    aside (a hidden sibling), then the new one renamed in, then the old one removed: at every
+    instant `final` is either the complete old folder or the complete new one.
+    """
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
