@@ -1,0 +1,290 @@
+"""The `ldm-model` command line: train, info, configs.
+
+`ldm-model train` runs in one process, or as every rank of a `torchrun` launch:
+
+    uv run ldm-model train --library classic-control
+    uv run torchrun --standalone --nproc_per_node 2 -m ldm_model.cli train --library classic-control
+
+Running the same command again resumes from the latest checkpoint of its run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="The Large Decision Model: train it on the dataset (one process or torchrun DDP), "
+    "inspect checkpoints, list the named configs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: BaseException | str) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _model_arg(value: str) -> Any:
+    """A named config, or a JSON file holding a ModelConfig."""
+    from ldm_model.config import NAMED_CONFIGS, ModelConfig
+
+    if value in NAMED_CONFIGS:
+        return value
+    path = Path(value)
+    if path.suffix == ".json" and path.is_file():
+        return ModelConfig.model_validate_json(path.read_text(encoding="utf-8"))
+    raise KeyError(
+        f"unknown model config {value!r}: give one of {', '.join(NAMED_CONFIGS)} or a JSON file "
+        "of a ModelConfig"
+    )
+
+
+@app.command()
+def train(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="named config or a ModelConfig JSON file")
+    ] = "tiny",
+    root: Annotated[
+        Path | None, typer.Option("--root", help="dataset root (default <data home>/autorl)")
+    ] = None,
+    library: Annotated[
+        list[str] | None, typer.Option("--library", "-l", help="only this library (repeatable)")
+    ] = None,
+    env_id: Annotated[
+        list[str] | None, typer.Option("--env-id", help="only this env id (repeatable)")
+    ] = None,
+    weighting: Annotated[
+        str, typer.Option(help="window draw: env | transitions | library")
+    ] = "env",
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="global batch in windows (default: 32 for tiny, 1024 otherwise)"),
+    ] = None,
+    context: Annotated[
+        int | None, typer.Option(help="window length (default: the model's context)")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="optimizer steps in total")] = 2000,
+    lr: Annotated[float, typer.Option(help="constant AdamW learning rate")] = 2.5e-4,
+    weight_decay: Annotated[float, typer.Option(help="AdamW decay of linear/conv weights")] = 0.01,
+    grad_clip: Annotated[float, typer.Option(help="max gradient norm (0: no clipping)")] = 1.0,
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16 autocast on CUDA) | fp32 | bf16")
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="weights init and window draws")] = 0,
+    log_every: Annotated[int, typer.Option(help="steps between metric records")] = 10,
+    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
+    keep_checkpoints: Annotated[int, typer.Option(help="checkpoints kept")] = 3,
+    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
+    micro_batch: Annotated[
+        int | None,
+        typer.Option(help="windows per forward pass per process (gradient accumulation)"),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="run folder (default <data home>/models/<model>-<hash>)"),
+    ] = None,
+    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log to MLflow")] = True,
+    stop_after: Annotated[
+        int | None, typer.Option(help="stop after this many steps (resume by running again)")
+    ] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    allow_data_change: Annotated[
+        bool, typer.Option(help="resume even if the dataset's runs changed")
+    ] = False,
+) -> None:
+    """Train (or resume) the LDM on the dataset; run it under torchrun for DDP."""
+    from pydantic import ValidationError
+
+    from ldm_model.training import TrainConfig, TrainingError
+    from ldm_model.training import train as run_training
+    from ldm_model.training.checkpoint import CheckpointError
+
+    try:
+        config = TrainConfig(
+            model=_model_arg(model),
+            data_root=root,
+            libraries=library or None,
+            env_ids=env_id or None,
+            weighting=weighting,
+            batch_size=batch_size or 0,
+            context=context,
+            steps=steps,
+            lr=lr,
+            weight_decay=weight_decay,
+            grad_clip=grad_clip or None,
+            precision=precision,
+            seed=seed,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            num_workers=num_workers,
+            micro_batch=micro_batch,
+            device=device,
+            out=out,
+            mlflow=mlflow,
+        )
+    except (ValidationError, KeyError, ValueError) as exc:
+        _fail(exc.args[0] if isinstance(exc, KeyError) else exc)
+    try:
+        run_training(
+            config,
+            stop_after=stop_after,
+            progress=progress,
+            console=err,
+            allow_data_change=allow_data_change,
+        )
+    except (TrainingError, CheckpointError, ValueError) as exc:
+        _fail(exc)
+
+
+def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for key, value in rows:
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return "-" if value is None else str(value)
+
+
+@app.command()
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="a checkpoint folder or a run folder")],
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="check the files' sha256")
+    ] = True,
+) -> None:
+    """Print a checkpoint's config, parameter count, step, metrics and training data."""
+    from ldm_model.training.checkpoint import CheckpointError, load_checkpoint, read_info
+
+    try:
+        if verify:
+            ckpt = load_checkpoint(checkpoint)
+            path, record = ckpt.path, ckpt.info
+        else:
+            from ldm_model.training.checkpoint import resolve_checkpoint
+
+            path, record = resolve_checkpoint(checkpoint), read_info(checkpoint)
+    except CheckpointError as exc:
+        _fail(exc)
+    train_cfg = record.train
+    console.print(
+        _kv_table(
+            "checkpoint",
+            [
+                ("path", str(path)),
+                ("step", record.step),
+                ("created", record.created.isoformat(timespec="seconds")),
+                ("parameters", record.num_parameters),
+                ("world size", record.world_size),
+                ("mlflow run id", record.mlflow_run_id),
+                ("torch", record.torch_version),
+                ("files verified", "yes (sha256)" if verify else "no"),
+            ],
+        )
+    )
+    console.print(_kv_table(f"model config {record.model.name!r}", list(record.model)))
+    skip = {"model"}
+    console.print(
+        _kv_table(
+            "training config",
+            [(k, v) for k, v in train_cfg.model_dump(mode="json").items() if k not in skip]
+            + [("window", train_cfg.window), ("run key", train_cfg.run_key())],
+        )
+    )
+    console.print(_kv_table("metrics", sorted(record.metrics.items())))
+    data = record.dataset
+    console.print(
+        _kv_table(
+            "dataset",
+            [
+                ("root", data.root),
+                ("index sha256 (runs.parquet)", data.index_sha256),
+                ("sampled runs sha256", data.runs_sha256),
+                ("transitions", data.transitions),
+                ("envs", len(data.envs)),
+                ("skipped shards", len(data.skipped)),
+            ],
+        )
+    )
+    envs = Table(title="envs", title_justify="left")
+    for col in ("library", "env_id", "runs", "transitions", "weight"):
+        envs.add_column(
+            col, justify="right" if col in ("runs", "transitions", "weight") else "left"
+        )
+    for e in data.envs:
+        envs.add_row(e.library, e.env_id, f"{e.runs:,}", f"{e.transitions:,}", f"{e.weight:.4f}")
+    console.print(envs)
+
+
+def meta_parameters(name: str) -> int:
+    """Parameter count of a named config, built on the meta device (no memory, no init)."""
+    import torch
+
+    from ldm_model.config import get_config
+    from ldm_model.model import LDM
+
+    with torch.device("meta"):
+        return LDM(get_config(name)).num_parameters()
+
+
+@app.command()
+def configs() -> None:
+    """The named model configs and their parameter counts (vs the paper's)."""
+    from ldm_model.config import NAMED_CONFIGS, PAPER_PARAMETERS
+
+    table = Table(title="named model configs")
+    for col in (
+        "name",
+        "layers",
+        "heads",
+        "hidden",
+        "mlp",
+        "context",
+        "token dim",
+        "parameters",
+        "paper",
+        "difference",
+    ):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for name, cfg in NAMED_CONFIGS.items():
+        count = meta_parameters(name)
+        paper = PAPER_PARAMETERS.get(name)
+        diff = f"{(count - paper) / paper:+.2%}" if paper else "-"
+        table.add_row(
+            name,
+            str(cfg.num_layers),
+            str(cfg.num_heads),
+            str(cfg.hidden_size),
+            str(cfg.intermediate_size),
+            str(cfg.context),
+            str(cfg.token_dim),
+            f"{count:,}",
+            f"{paper:,}" if paper else "-",
+            diff,
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":  # `python -m ldm_model.cli`, what torchrun launches
+    app()

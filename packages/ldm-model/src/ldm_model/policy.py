@@ -1,0 +1,537 @@
+"""Batched, KV-cached inference: the LDM acting in many envs at once, one step at a time.
+
+`LDMPolicy` keeps one transformers `Cache` for all `num_envs` envs. Every `act()` call is one
+forward of `T = 1` meta-token per env through the Llama backbone; the keys and values of the
+earlier steps are read from the cache, so a step costs one token of compute plus attention over
+at most `context` cached tokens, however long the rollout has run.
+
+Design choices (DESIGN.md, "Inference"):
+
+* **A ring buffer, not `DynamicCache`.** `DynamicCache.update` appends by `torch.cat`, which
+  copies the whole cache of every layer at every step, and dropping the oldest entry once the
+  context is full is one more copy. Both are O(context) memory traffic per step and per layer,
+  which is what made a context of 2048 cost several times a context of 64. Here each layer
+  (`RingLayer`, a transformers `CacheLayerMixin`) preallocates `context` slots of keys and
+  values for every env once and writes the new step's into the slot of the oldest one, in
+  place. Attention is a sum over keys, so their order in the buffer does not matter; which
+  slots an env may see is said by the attention mask alone.
+* **The window slides by one transition per step, at no copy cost.** Once the ring is full,
+  every step overwrites exactly the oldest slot: the model always sees the last `context`
+  transitions (never fewer, as it would when dropping a chunk at a time, and never more, so the
+  cache never holds more than `context` transitions). Dropping a chunk of `k` with a contiguous
+  cache would cost one O(context) copy every `k` steps and leave the window between
+  `context - k` and `context` long; the ring has neither cost. As with any sliding KV cache
+  (Transformer-XL, Mistral's rolling buffer), the keys of layers above the first were computed
+  when older transitions were still visible, so they carry some of what slid out: the result
+  is not a forward over the last `context` transitions alone (it is, exactly, for one layer:
+  a test checks it), and recomputing that window at every step is what `tools/bench_inference.py`
+  times as the naive baseline.
+* **A decoding attention over a transposed ring.** With one query per env, attention is two
+  batched matrix-vector products over the whole cache: memory-bound, the one cost that grows
+  with the context (at 16 envs x 2048 slots, the tiny model streams 32 MB of keys and values
+  per step). The ring stores keys and values as `(B, heads, head_dim, context)` and hands the
+  attention the usual `(..., context, head_dim)` views; `ring_decode_attention` (registered
+  with transformers' `AttentionInterface`, switched on the backbone's config for the step and
+  restored after, so training keeps its own implementation) then reads them by contiguous
+  rows, and skips the per-score work eager attention does (scaling, mask add, a second
+  buffer for the softmax). Measured on CPU for one layer at 16 envs x 2048 slots x 4 heads x
+  16 dims: about 1.2-1.5 ms against 2.2 ms for torch's SDPA (its CPU flash kernel) on the
+  usual layout, and 8 ms for SDPA on the transposed one (it copies the cache).
+* **Per-env state through the mask and the positions, shared storage.** All envs write the same
+  slot at the same step. `reset(envs=[i])` moves env `i`'s start to the current step: the 4D
+  additive attention mask (built here and handed to the backbone, which passes a 4D mask
+  through unchanged) hides every older slot from env `i`, while the others keep theirs.
+  `position_ids` are per env, counted from that env's reset, so an env that was reset computes
+  exactly what a fresh policy would (RoPE makes attention depend only on position differences,
+  but same positions also mean the same rounding).
+* **Bounded positions.** The context is kept across episodes, so a rollout's step count grows
+  without limit, and RoPE angles of large positions lose float32 precision. When an env's next
+  position reaches `2 * context`, its cached keys are rotated back by `context` positions (RoPE
+  rotations compose: R(p - d) = R(-d) R(p)) and its position counter drops by `context`. That
+  is one O(context) pass over the env's keys every `context` steps, O(1) per step on average,
+  and positions stay in [0, 2 * context).
+* **Only the real action dims are decoded.** The decoder's `28 x n_bins` outputs are the
+  largest layer of a small model; the step computes the first `act_dims` dims (the widest
+  action space of the batch) and masks and argmaxes those.
+
+Evaluation protocol (paper): per env, two fresh rollouts of 10 episodes; `reset()` at the start
+of each rollout, and never at episode ends: a `done` passed to `act()` is an input of the next
+meta-token (the model sees the episode boundary), not a cache reset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AttentionInterface
+from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.models.llama.modeling_llama import rotate_half
+
+from ldm_model.batch import Batch
+from ldm_model.model import LDM
+from ldm_model.tokenizer import (
+    ACT_DIMS,
+    IMAGE_SIZE,
+    OBS_DIMS,
+    SpaceCodec,
+    SpaceModel,
+    bin_values,
+)
+
+__all__ = ["LDMPolicy", "RingCache", "RingLayer"]
+
+
+#: Name under which `ring_decode_attention` is registered with transformers.
+RING_ATTENTION = "ldm_ring_decode"
+
+
+def ring_decode_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention of one query per env over a ring's slots (transformers attention interface).
+
+    Eager attention's math, with the memory traffic of a decoding step in mind: the scaling
+    goes on the query (heads x head_dim values, not heads x context scores), the mask is added
+    in place and skipped when None (no slot hidden: the steady state), the softmax runs in
+    place, and with grouped KV heads the query heads of a group are stacked against their
+    shared keys instead of `repeat_kv` copying the whole cache. Both products read the ring's
+    transposed storage by contiguous rows (see `RingLayer.lazy_initialization`).
+
+    Args:
+        module: the calling attention module (unused: its settings come as arguments).
+        query: `(B, heads, 1, head_dim)`, RoPE applied.
+        key: `(B, kv_heads, slots, head_dim)`, a view of the ring.
+        value: `(B, kv_heads, slots, head_dim)`, a view of the ring.
+        attention_mask: additive `(B, 1, 1, slots)`, or None when every slot is visible.
+        scaling: the score scale, `head_dim ** -0.5`.
+        dropout: must be 0 (inference).
+        **kwargs: the rest of transformers' attention arguments (unused).
+    """
+    if dropout:
+        raise ValueError("ring_decode_attention is for inference: dropout must be 0")
+    b, h, q, d = query.shape
+    kv_heads = key.shape[1]
+    grouped = (query * scaling).reshape(b, kv_heads, (h // kv_heads) * q, d)
+    scores = torch.matmul(grouped, key.transpose(2, 3))  # (B, kv_heads, group * q, slots)
+    if attention_mask is not None:
+        scores.add_(attention_mask)
+    # softmax in place: no second (B, heads, slots) buffer to allocate and fault in each layer
+    scores = scores.float()
+    scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+    scores.div_(scores.sum(dim=-1, keepdim=True))
+    out = torch.matmul(scores.to(query.dtype), value).reshape(b, h, q, -1)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(RING_ATTENTION, ring_decode_attention)
+
+#: The per-env `SpaceCodec` tables a `Batch` carries.
+_TABLES = ("obs_mask", "obs_discrete", "act_mask", "act_discrete", "act_low", "act_high")
+
+
+class _Ring:
+    """Write position shared by all layers of a `RingCache` (they all store the same steps)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        #: slot the current step writes into
+        self.slot = 0
+        #: slots holding a step (the first `filled` ones, as the ring fills in order)
+        self.filled = 0
+
+
+class RingLayer(CacheLayerMixin):
+    """One layer's keys and values in a fixed ring of `capacity` slots, written in place.
+
+    Only single-token steps (`T = 1`) are accepted: that is all the policy does, and a longer
+    update would have to wrap around the ring's end.
+    """
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, ring: _Ring) -> None:
+        super().__init__()
+        self.ring = ring
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Allocate the ring, stored transposed: `(B, heads, head_dim, capacity)`.
+
+        `self.keys` and `self.values` are the usual `(B, heads, capacity, head_dim)` views of
+        that storage, so both products of eager attention (`query @ keys^T`, `weights @
+        values`) run over contiguous rows of `capacity` values: matrix-vector products that
+        stream the cache (see the module docstring).
+        """
+        b, h, _, dk = key_states.shape
+        cap = self.ring.capacity
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.keys = key_states.new_zeros((b, h, dk, cap)).transpose(2, 3)
+        self.values = value_states.new_zeros((b, h, value_states.shape[-1], cap)).transpose(2, 3)
+        self.is_initialized = True
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the step's keys/values into the current slot; return the filled slots (views)."""
+        if key_states.shape[-2] != 1:
+            raise ValueError(f"a RingLayer takes one token per step, got {key_states.shape[-2]}")
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        assert self.keys is not None and self.values is not None
+        slot, n = self.ring.slot, self.ring.filled
+        self.keys[:, :, slot] = key_states[:, :, 0]
+        self.values[:, :, slot] = value_states[:, :, 0]
+        return self.keys[:, :, :n], self.values[:, :, :n]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.ring.filled, 0
+
+    def get_seq_length(self) -> int:
+        return self.ring.filled
+
+    def get_max_length(self) -> int:
+        return self.ring.capacity
+
+    def reset(self) -> None:
+        """Nothing to clear: the policy's mask hides slots that no longer belong to a context."""
+
+
+class RingCache(Cache):
+    """A transformers `Cache` of `RingLayer`s sharing one write position."""
+
+    def __init__(self, num_layers: int, capacity: int) -> None:
+        self.ring = _Ring(capacity)
+        super().__init__(layers=[RingLayer(self.ring) for _ in range(num_layers)])
+
+    @property
+    def capacity(self) -> int:
+        return self.ring.capacity
+
+
+class LDMPolicy:
+    """The LDM as a batched policy: `reset()`, then `act(obs, reward, done)` once per env step.
+
+    Args:
+        model: the network (left in whatever train/eval mode it is in; stepping runs without
+            gradients).
+        codec: one `SpaceCodec` shared by all envs, or one per env (envs of different spaces
+            can be batched together; actions are decoded per group of envs sharing a codec).
+        num_envs: the batch of envs stepped together.
+        context: the most transitions each env's context holds (default: the model's trained
+            context). A longer one runs, but asks the model for distances it never saw.
+        device: where to run; None keeps the model's device, anything else moves the model.
+    """
+
+    def __init__(
+        self,
+        model: LDM,
+        codec: SpaceCodec | Sequence[SpaceCodec],
+        num_envs: int,
+        *,
+        context: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if num_envs <= 0:
+            raise ValueError(f"num_envs must be positive, got {num_envs}")
+        codecs = [codec] * num_envs if isinstance(codec, SpaceCodec) else list(codec)
+        if len(codecs) != num_envs:
+            raise ValueError(f"got {len(codecs)} codecs for {num_envs} envs")
+        if device is not None:
+            model.to(device)
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = model.merge.weight.dtype
+        self.num_envs = num_envs
+        self.context = int(context or model.config.context)
+        if self.context <= 0:
+            raise ValueError(f"context must be positive, got {self.context}")
+        self.codecs = codecs
+        # envs sharing a codec object are tokenized and decoded together
+        groups: dict[int, list[int]] = {}
+        for i, c in enumerate(codecs):
+            groups.setdefault(id(c), []).append(i)
+        self._groups = [(codecs[idx[0]], np.asarray(idx)) for idx in groups.values()]
+        self._values = bin_values(model.config.n_bins).numpy()
+        self._tables = self._env_tables()
+        #: action dims decoded: those of the widest action space in the batch (see `_forward`)
+        self.act_dims = max(c.act_dims for c in codecs)
+        #: bool (N, act_dims, n_bins): classes each env's action space forbids. The mask of
+        #: `LDM.act_classes` (classes outside [act_low, act_high]), built once, not every step.
+        low, high = self._tables["act_low"], self._tables["act_high"]
+        self._forbidden = model.forbidden(low, high)[:, : self.act_dims]
+        self._images = any(c.image_shape is not None for c in codecs)
+        self.cache = RingCache(model.config.num_layers, self.context)
+        inv_freq = model.backbone.rotary_emb.inv_freq
+        self._inv_freq = inv_freq.detach().to(self.device, torch.float64)
+        #: float `(num_envs, act_dims, n_bins)`: the logits of the last step, before masking
+        self.last_logits: torch.Tensor | None = None
+        self._prev_action = np.zeros((num_envs, ACT_DIMS), np.float32)
+        self._prev_valid = np.zeros(num_envs, bool)
+        self._slot_step = torch.full((self.context,), -1, dtype=torch.long, device=self.device)
+        self._start = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._base = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._t = 0
+        self.reset()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        observation_space: SpaceModel | Sequence[SpaceModel],
+        action_space: SpaceModel | Sequence[SpaceModel],
+        num_envs: int,
+        *,
+        context: int | None = None,
+        device: str | torch.device = "cpu",
+    ) -> LDMPolicy:
+        """A policy over a saved model, in eval mode, for `num_envs` envs of the given spaces.
+
+        `path` is anything `ldm_model.training.checkpoint.load_checkpoint` opens (a step
+        folder, or a run folder: its latest checkpoint); the files' hashes are verified.
+        Spaces may be one pair for all envs or one per env (envs with equal spaces share a
+        `SpaceCodec`).
+        """
+        from ldm_model.training.checkpoint import load_model
+
+        model, _ = load_model(path, device=device)
+        obs_spaces = _per_env(observation_space, num_envs, "observation_space")
+        act_spaces = _per_env(action_space, num_envs, "action_space")
+        codecs: list[SpaceCodec] = []
+        made: list[SpaceCodec] = []
+        for obs, act in zip(obs_spaces, act_spaces, strict=True):
+            same = next(
+                (c for c in made if c.observation_space == obs and c.action_space == act), None
+            )
+            if same is None:
+                same = SpaceCodec(obs, act, n_bins=model.config.n_bins)
+                made.append(same)
+            codecs.append(same)
+        return cls(model, codecs, num_envs, context=context)
+
+    def _env_tables(self) -> dict[str, torch.Tensor]:
+        """Per-env rows of the codec tables, as the `(B, ...)` fields of a `Batch`."""
+        stack = {name: np.stack([getattr(c, name) for c in self.codecs]) for name in _TABLES}
+        tables = {k: torch.from_numpy(v).to(self.device) for k, v in stack.items()}
+        tables["has_image"] = torch.tensor(
+            [c.image_shape is not None for c in self.codecs], device=self.device
+        )
+        return tables
+
+    # -- state ----------------------------------------------------------------------------------
+
+    @property
+    def cache_length(self) -> int:
+        """Transitions the cache holds now (all envs share the slots): at most `context`."""
+        return self.cache.ring.filled
+
+    @property
+    def context_lengths(self) -> np.ndarray:
+        """int64 `(num_envs,)`: past transitions each env's next step attends to.
+
+        At most `context - 1`: the step itself takes the last slot.
+        """
+        seen = self._t - self._start.cpu().numpy()
+        return np.minimum(seen, self.context - 1)
+
+    def reset(self, envs: Sequence[int] | np.ndarray | None = None) -> None:
+        """Empty the context of every env (None) or of the given env indices only.
+
+        A full reset also rewinds the ring, so a fresh rollout attends over the filled slots
+        only; a partial one hides the env's past slots through the mask and leaves the others'
+        contexts untouched.
+        """
+        if envs is None:
+            self._t = 0
+            self.cache.ring.slot = 0
+            self.cache.ring.filled = 0
+            self._slot_step.fill_(-1)
+            self._start.zero_()
+            self._base.zero_()
+            self._prev_valid[:] = False
+            self._prev_action[:] = 0.0
+            self.last_logits = None
+            return
+        idx = np.unique(np.asarray(envs, dtype=np.int64).reshape(-1))
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_envs):
+            raise IndexError(f"env indices {idx.tolist()} outside 0..{self.num_envs - 1}")
+        rows = torch.from_numpy(idx).to(self.device)
+        self._start[rows] = self._t
+        self._base[rows] = self._t
+        self._prev_valid[idx] = False
+        self._prev_action[idx] = 0.0
+
+    # -- stepping -------------------------------------------------------------------------------
+
+    def act(
+        self,
+        obs: np.ndarray | Sequence[np.ndarray],
+        reward: np.ndarray | Sequence[float] | None = None,
+        done: np.ndarray | Sequence[bool] | None = None,
+    ) -> np.ndarray | list[np.ndarray]:
+        """The deterministic action of every env for observation `obs`, then remember it.
+
+        Args:
+            obs: observation of the current step, indexable by env (`(num_envs, *shape)`).
+            reward: reward of the previous step per env (ignored right after a reset).
+            done: whether the previous step ended an episode (terminated or truncated). With
+                same-step autoreset `obs` is then already the new episode's first observation;
+                the context is kept across the boundary.
+
+        Returns:
+            `(num_envs, *action_shape)` in the action space's dtype when all envs share one
+            action space layout, else a list with one action per env.
+        """
+        batch = self._batch(obs, reward, done)
+        with torch.no_grad():
+            step_logits = self._forward(batch)
+            classes = (
+                step_logits.masked_fill(self._forbidden, float("-inf")).argmax(-1).cpu().numpy()
+            )
+        self.last_logits = step_logits
+        self._prev_valid[:] = True
+        decoded = []
+        for codec, idx in self._groups:
+            actions = codec.decode_action(classes[idx], self._values)
+            self._prev_action[idx] = codec.flat_action(actions)
+            decoded.append(actions)
+        if len(self._groups) == 1:
+            return decoded[0]
+        per_env: list[np.ndarray] = [np.empty(0)] * self.num_envs
+        for (_, idx), actions in zip(self._groups, decoded, strict=True):
+            for row, i in enumerate(idx):
+                per_env[i] = actions[row]
+        if len({(a.shape, a.dtype) for a in per_env}) == 1:
+            return np.stack(per_env)
+        return per_env
+
+    def _batch(
+        self,
+        obs: np.ndarray | Sequence[np.ndarray],
+        reward: np.ndarray | Sequence[float] | None,
+        done: np.ndarray | Sequence[bool] | None,
+    ) -> Batch:
+        """The `T = 1` batch of this step: observation t with action, reward and done of t-1."""
+        n = self.num_envs
+        if len(obs) != n:
+            raise ValueError(f"got observations for {len(obs)} envs, the policy steps {n}")
+        flat = np.zeros((n, OBS_DIMS), np.float32)
+        image = np.zeros((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) if self._images else None
+        for codec, idx in self._groups:
+            rows = (
+                obs[idx]
+                if isinstance(obs, np.ndarray) and len(self._groups) == 1
+                else np.stack([np.asarray(obs[i]) for i in idx])
+            )
+            flat[idx] = codec.flat_obs(rows)
+            if image is not None and codec.image_shape is not None:
+                image[idx] = codec.image(rows)
+        valid = self._prev_valid.copy()
+        rew = np.zeros(n, np.float32) if reward is None else np.asarray(reward, np.float32)
+        dn = np.zeros(n, bool) if done is None else np.asarray(done, bool)
+        if rew.shape != (n,) or dn.shape != (n,):
+            raise ValueError(f"reward and done need shape ({n},), got {rew.shape}, {dn.shape}")
+        rew = np.where(valid, rew, 0.0).astype(np.float32)
+        dn = dn & valid
+        dev = self.device
+        t = self._tables
+        return Batch(
+            obs=torch.from_numpy(flat).to(dev)[:, None],
+            obs_mask=t["obs_mask"],
+            obs_discrete=t["obs_discrete"],
+            prev_action=torch.from_numpy(self._prev_action).to(dev)[:, None],
+            prev_reward=torch.from_numpy(rew).to(dev)[:, None],
+            prev_done=torch.from_numpy(dn).to(dev)[:, None],
+            prev_valid=torch.from_numpy(valid).to(dev)[:, None],
+            act_mask=t["act_mask"],
+            act_discrete=t["act_discrete"],
+            act_low=t["act_low"],
+            act_high=t["act_high"],
+            image=None if image is None else torch.from_numpy(image).to(dev)[:, None],
+            has_image=t["has_image"] if image is not None else None,
+        )
+
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        """One step of every env through the model: logits `(N, act_dims, n_bins)`.
+
+        The same computation as `LDM.forward` (embed, backbone, decoder; a test holds them
+        equal), except that the decoder computes the logits of the first `self.act_dims`
+        action dims only: the other dims are padding for every env of the batch, and the
+        decoder (28 x n_bins outputs) is the largest layer of a small model.
+        """
+        model = self.model
+        hidden = self._backbone(model.embed(batch))
+        return model.decode(hidden, self.act_dims)
+
+    def _backbone(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Advance the ring by one step and run the backbone on it: hidden `(N, hidden)`."""
+        ring, cap = self.cache.ring, self.context
+        self._rebase()
+        ring.slot = self._t % cap
+        ring.filled = min(self._t + 1, cap)
+        self._slot_step[ring.slot] = self._t
+        visible = self._slot_step[None, : ring.filled] >= self._start[:, None]  # (N, filled)
+        mask = None
+        if not bool(visible.all()):  # additive, 4D: the backbone passes a 4D mask through
+            zero = torch.zeros((), dtype=self.dtype, device=self.device)
+            mask = torch.where(visible, zero, torch.finfo(self.dtype).min)[:, None, None, :]
+        config = self.model.backbone.config
+        trained_with = config._attn_implementation
+        config._attn_implementation = RING_ATTENTION  # for this step only (module docstring)
+        try:
+            out = self.model.backbone(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=(self._t - self._base)[:, None],
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+        finally:
+            config._attn_implementation = trained_with
+        self._t += 1
+        return out.last_hidden_state[:, 0]
+
+    def _rebase(self) -> None:
+        """Rotate back by `context` the cached keys of envs whose next position hits 2 * context.
+
+        Keeps every RoPE angle small (float32-exact) in rollouts of any length; see the module
+        docstring. Cached keys are stored already rotated by their position (transformers
+        applies RoPE before the cache update), and R(-d) R(p) = R(p - d).
+        """
+        cap = self.context
+        due = (self._t - self._base) >= 2 * cap
+        if not bool(due.any()):
+            return
+        rows = due.nonzero(as_tuple=True)[0]
+        angle = -float(cap) * self._inv_freq
+        emb = torch.cat([angle, angle])
+        for layer in self.cache.layers:
+            if not layer.is_initialized or layer.keys is None:
+                continue
+            cos = emb.cos().to(layer.keys.dtype)
+            sin = emb.sin().to(layer.keys.dtype)
+            k = layer.keys[rows]
+            layer.keys[rows] = k * cos + rotate_half(k) * sin
+        self._base[rows] += cap
+
+
+def _per_env(space: Any, num_envs: int, what: str) -> list[Any]:
+    if isinstance(space, Sequence) and not isinstance(space, str):
+        spaces = list(space)
+        if len(spaces) != num_envs:
+            raise ValueError(f"got {len(spaces)} entries in {what} for {num_envs} envs")
+        return spaces
+    return [space] * num_envs

@@ -1,0 +1,196 @@
+"""The training configuration: one pydantic model, saved in every checkpoint and logged to MLflow.
+
+Fields fall in three groups, and the split is what makes resuming and tracking work:
+
+- what decides the trajectory of the weights (model, data, batch, optimizer, seed, precision):
+  a checkpoint made under other values is refused on resume, because the resumed run would not
+  be the run that was interrupted;
+- `steps`: the length of the run. A finished run can be extended by asking for more steps with
+  the same `out` (it is part of the MLflow run key, so the extension is its own MLflow run);
+- how the run is carried out (`out`, `num_workers`, `device`, logging and checkpoint cadence,
+  `mlflow`): free to change between a run and its resumption.
+
+Weight decay: the paper names AdamW (0.9, 0.999, 1e-8) at a constant 2.5e-4 and no decay value;
+we keep PyTorch's AdamW default of 0.01, applied to the weights of linear and convolutional
+layers only (not to embedding tables, biases or norm gains, as in GPT/Llama recipes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ldm_model.config import ModelConfig, get_config
+
+#: Global batch (windows per step) when none is given: the paper's 1024 for its configs, a
+#: CPU-sized one for `tiny`.
+DEFAULT_BATCH_SIZE: dict[str, int] = {"tiny": 32}
+PAPER_BATCH_SIZE = 1024
+
+#: Fields that only say how a run is carried out (free to change on resume, not in the run key).
+EXECUTION_FIELDS: frozenset[str] = frozenset(
+    {
+        "out",
+        "num_workers",
+        "micro_batch",
+        "device",
+        "log_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "mlflow",
+    }
+)
+#: Fields that may change between a run and its resumption besides the execution ones.
+EXTENSIBLE_FIELDS: frozenset[str] = frozenset({"steps"})
+
+Precision = Literal["auto", "fp32", "bf16"]
+Weighting = Literal["env", "transitions", "library"]
+
+
+class TrainConfig(BaseModel):
+    """Everything `ldm-model train` needs; `ldm-model train --help` documents each option."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A named config (`tiny`, `32M`, `70M`, `308M`, `736M`) or an inline one.
+    model: str | ModelConfig = "tiny"
+    #: Dataset folder holding `index/` (None: `ldm_envs.paths.dataset_root()`).
+    data_root: Path | None = None
+    libraries: tuple[str, ...] | None = None
+    env_ids: tuple[str, ...] | None = None
+    weighting: Weighting = "env"
+    #: Global batch in windows (all DDP ranks together); None: see `DEFAULT_BATCH_SIZE`.
+    batch_size: int = Field(default=0, ge=0)
+    #: Window length in transitions (None: the model's context).
+    context: int | None = Field(default=None, gt=0)
+    steps: int = Field(default=2000, gt=0)
+    lr: float = Field(default=2.5e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    #: Max global gradient norm (None: no clipping).
+    grad_clip: float | None = Field(default=1.0, gt=0)
+    #: bf16 autocast on CUDA with "auto"; always fp32 on CPU.
+    precision: Precision = "auto"
+    seed: int = 0
+    log_every: int = Field(default=10, gt=0)
+    checkpoint_every: int = Field(default=500, gt=0)
+    keep_checkpoints: int = Field(default=3, gt=0)
+    num_workers: int = Field(default=0, ge=0)
+    #: Windows per forward pass on each rank; gradients accumulate over the rank's share
+    #: (None: the whole share at once). Same updates, less memory.
+    micro_batch: int | None = Field(default=None, gt=0)
+    #: "auto" (CUDA when available), "cpu", "cuda".
+    device: str = "auto"
+    #: Run folder: checkpoints, metrics.jsonl, loss_curve.png (None: under the data home,
+    #: named after the run key, so the same command resumes the same run).
+    out: Path | None = None
+    mlflow: bool = True
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _named(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                get_config(value)
+            except KeyError as exc:
+                raise ValueError(exc.args[0]) from None
+        return value
+
+    @field_validator("libraries", "env_ids", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        if value is not None and len(value) == 0:
+            return None
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults(self) -> TrainConfig:
+        model = self.resolved_model()
+        if self.batch_size == 0:
+            object.__setattr__(
+                self, "batch_size", DEFAULT_BATCH_SIZE.get(model.name, PAPER_BATCH_SIZE)
+            )
+        if self.context is not None and self.context > model.context:
+            raise ValueError(
+                f"context {self.context} exceeds the model's context {model.context} "
+                f"(config {model.name!r})"
+            )
+        return self
+
+    # -- derived ----------------------------------------------------------------------------
+
+    def resolved_model(self) -> ModelConfig:
+        """The model config itself (a name resolved through `NAMED_CONFIGS`)."""
+        return get_config(self.model) if isinstance(self.model, str) else self.model
+
+    @property
+    def window(self) -> int:
+        """Transitions per window."""
+        return self.context or self.resolved_model().context
+
+    def library_label(self) -> str:
+        """The MLflow experiment's library: the library filter joined with `+`, or `all`."""
+        return "+".join(sorted(self.libraries)) if self.libraries else "all"
+
+    def identity(self, *, with_steps: bool = True) -> dict[str, Any]:
+        """The fields that decide the weights, as JSON-able values (model config resolved)."""
+        skip = set(EXECUTION_FIELDS) | (set() if with_steps else set(EXTENSIBLE_FIELDS))
+        data = self.model_dump(mode="json", exclude=skip)
+        data["model"] = self.resolved_model().model_dump(mode="json")
+        data["data_root"] = str(self.data_root.expanduser().resolve()) if self.data_root else None
+        return data
+
+    def run_key(self) -> str:
+        """MLflow run key: sha256 of `identity()` (so the same training is recognized)."""
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return "ldm-train-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def resume_differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Fields deciding the weights (steps apart) where `other` differs: `{name: (self, other)}`.
+
+        Model fields come as `model.<field>`.
+        """
+        mine, theirs = self.identity(with_steps=False), other.identity(with_steps=False)
+        out: dict[str, tuple[Any, Any]] = {}
+        for key in sorted(set(mine) | set(theirs)):
+            a, b = mine.get(key), theirs.get(key)
+            if key == "model" and isinstance(a, dict) and isinstance(b, dict):
+                for field in sorted(set(a) | set(b)):
+                    if a.get(field) != b.get(field):
+                        out[f"model.{field}"] = (a.get(field), b.get(field))
+            elif a != b:
+                out[key] = (a, b)
+        return out
+
+    def flat_params(self) -> dict[str, Any]:
+        """Flattened config for MLflow params (`model.hidden_size`, `lr`, ...)."""
+        data = self.model_dump(mode="json", exclude={"model"})
+        data["model"] = self.resolved_model().model_dump(mode="json")
+        data["window"] = self.window
+        data["run_key"] = self.run_key()
+        return data
+
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "EXECUTION_FIELDS",
+    "EXTENSIBLE_FIELDS",
+    "PAPER_BATCH_SIZE",
+    "Precision",
+    "TrainConfig",
+    "Weighting",
+]

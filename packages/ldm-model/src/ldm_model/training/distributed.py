@@ -1,0 +1,135 @@
+"""DDP set-up from `torchrun`'s environment: gloo on CPU, NCCL on CUDA, nothing for one process.
+
+`torchrun --nproc_per_node N -m ldm_model.cli train ...` exports RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR and MASTER_PORT; a plain `ldm-model train` has none of them and runs as a world of
+one, without a process group, so the single-process path has no distributed code in its way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in the run."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    #: "gloo", "nccl", or None for a world of one (no process group).
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only one that logs, prints progress and writes checkpoints."""
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum `tensor` over ranks in place (a no-op in a world of one) and return it."""
+        if self.backend is not None:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def all_reduce_max(self, value: int) -> int:
+        """The largest `value` over ranks (agreeing on a step to resume at)."""
+        if self.backend is None:
+            return value
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return int(t.item())
+
+    def barrier(self) -> None:
+        if self.backend is not None:
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[self.device.index or 0])
+            else:
+                dist.barrier()
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def pick_device(requested: str = "auto", *, local_rank: int = 0) -> torch.device:
+    """`auto`: the local rank's GPU when CUDA is there, else the CPU.
+
+    Raises:
+        RuntimeError: CUDA was asked for and is not available.
+    """
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device {requested!r} asked for, but CUDA is not available")
+        if requested == "cuda":
+            return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return torch.device(requested)
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join the process group `torchrun` describes, or stand alone.
+
+    With WORLD_SIZE > 1: NCCL when the device is CUDA, gloo otherwise; each process uses the GPU
+    of its LOCAL_RANK. CPU processes share the cores: each gets `cores / local world` threads
+    unless OMP_NUM_THREADS says otherwise.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK {rank} is not in a world of {world}")
+    dev = pick_device(device, local_rank=local_rank)
+    if world == 1:
+        return DistContext(0, 1, 0, dev, None)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        local_world = _env_int("LOCAL_WORLD_SIZE", world)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            rank=rank,
+            world_size=world,
+            device_id=dev if dev.type == "cuda" else None,
+        )
+    return DistContext(rank, world, local_rank, dev, backend)
+
+
+def shutdown_distributed(ctx: DistContext) -> None:
+    """Leave the process group (if this process is in one)."""
+    if ctx.backend is not None and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed(device: str = "auto") -> Iterator[DistContext]:
+    """`init_distributed` for the duration of a block."""
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    finally:
+        shutdown_distributed(ctx)
+
+
+__all__ = [
+    "DistContext",
+    "distributed",
+    "init_distributed",
+    "pick_device",
+    "shutdown_distributed",
+]
