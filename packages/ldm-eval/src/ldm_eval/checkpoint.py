@@ -1,0 +1,58 @@
+"""What the evaluation needs to know about a checkpoint, read through ldm-model.
+
+`ldm_model.training.checkpoint.load_checkpoint(path)` returns the weights, the model config,
+the training data (dataset root and the envs trained on) and the MLflow run of the training.
+The evaluation keeps only the last three, as a small pydantic record: which envs to evaluate by
+default, which libraries the model never saw (flagged in the tables), where the references
+come from, and which MLflow run the evaluation links to.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ldm_eval.protocol import EnvTarget
+
+__all__ = ["CheckpointInfo", "read_checkpoint"]
+
+
+class CheckpointInfo(BaseModel):
+    """A checkpoint's provenance as the evaluation uses it.
+
+    Attributes:
+        path: the checkpoint file or folder.
+        run_id: the MLflow run that trained it (None when it was not tracked).
+        dataset_root: the dataset it was trained on (None when not recorded).
+        envs: the envs it was trained on (None when not recorded: trained flags are unknown).
+    """
+
+    path: Path
+    run_id: str | None = None
+    dataset_root: Path | None = None
+    envs: list[EnvTarget] | None = None
+
+    @property
+    def libraries(self) -> list[str] | None:
+        """The libraries trained on, sorted (None when unknown)."""
+        return None if self.envs is None else sorted({e.library for e in self.envs})
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Read a checkpoint's provenance (not its weights) from its `checkpoint.json`.
+
+    Raises:
+        ldm_model.training.checkpoint.CheckpointError: no checkpoint at `path`, or an unreadable
+            record (the message names the file).
+    """
+    from ldm_model.training.checkpoint import read_info, resolve_checkpoint
+
+    folder = resolve_checkpoint(path)
+    info = read_info(folder)
+    return CheckpointInfo(
+        path=folder,
+        run_id=info.mlflow_run_id,
+        dataset_root=Path(info.dataset.root),
+        envs=[EnvTarget(library=e.library, env_id=e.env_id) for e in info.dataset.envs],
+    )

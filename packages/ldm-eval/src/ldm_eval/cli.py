@@ -1,0 +1,189 @@
+"""The `ldm-eval` command line: evaluate a checkpoint, rebuild a report."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ldm_envs.backends import BACKENDS
+from ldm_envs.errors import LdmEnvsError
+
+app = typer.Typer(
+    help="Evaluate the LDM with the paper's protocol: reference-normalized scores, threshold "
+    "curves, IQM with bootstrap CIs, plots, an HTML report; tracked in MLflow.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: BaseException) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[
+        Path | None,
+        typer.Argument(help="LDM checkpoint; leave out to evaluate the random baseline only"),
+    ] = None,
+    library: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--library", "-l", help="library to evaluate, repeatable (default: trained ones)"
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="only these env ids, repeatable")
+    ] = None,
+    backend: Annotated[
+        str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
+    ] = "venv",
+    random_baseline: Annotated[
+        bool,
+        typer.Option("--random-baseline/--no-random-baseline", help="also score a random policy"),
+    ] = True,
+    episodes: Annotated[int, typer.Option(help="episodes per rollout")] = 10,
+    rollouts: Annotated[int, typer.Option(help="fresh rollouts per env")] = 2,
+    seed: Annotated[int, typer.Option(help="env seed of rollout 0 (rollout r: seed + r)")] = 0,
+    workers: Annotated[
+        int | None, typer.Option(help="workers per library (default: cores / libraries)")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="most rollouts stepped together (bounds model memory)")
+    ] = None,
+    retries: Annotated[int, typer.Option(help="retries of a rollout whose worker died")] = 1,
+    device: Annotated[str, typer.Option(help="where the model runs: cpu, cuda, cuda:1")] = "cpu",
+    context: Annotated[
+        int | None, typer.Option(help="context per env in transitions (default: trained)")
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="dataset root with the index (default: the checkpoint's)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="run folder (default <data home>/eval/...)")
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="start over instead of resuming the same evaluation")
+    ] = False,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
+) -> None:
+    """Run the protocol on a checkpoint (and a random baseline); write tables, plots, report.
+
+    Per env: ROLLOUTS fresh rollouts of EPISODES episodes, empty context at the start of each,
+    argmax actions; scores normalized against the env's reference run in the dataset index.
+    The same command again resumes an interrupted evaluation.
+    """
+    from pydantic import ValidationError
+
+    from ldm_eval.checkpoint import read_checkpoint
+    from ldm_eval.pipeline import evaluate as run_evaluation
+    from ldm_eval.pipeline import plan_envs
+    from ldm_eval.policies import LDMPolicyFactory, PolicyFactory, RandomPolicyFactory
+    from ldm_eval.protocol import EvalConfig
+
+    try:
+        config = EvalConfig(
+            episodes=episodes,
+            rollouts=rollouts,
+            seed=seed,
+            backend=backend,
+            num_workers=workers,
+            batch_size=batch_size,
+            retries=retries,
+        )
+        if checkpoint is None and not random_baseline:
+            raise ValueError("nothing to evaluate: give a CHECKPOINT or keep --random-baseline")
+        if checkpoint is not None and not checkpoint.exists():
+            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+        info = read_checkpoint(checkpoint) if checkpoint is not None else None
+        envs, warnings = plan_envs(info, library, env)
+        policies: dict[str, PolicyFactory] = {}
+        if checkpoint is not None:
+            policies["ldm"] = LDMPolicyFactory(checkpoint, device=device, context=context)
+        if random_baseline:
+            policies["random"] = RandomPolicyFactory(seed)
+        outcome = run_evaluation(
+            envs,
+            policies,
+            config,
+            out_dir=out,
+            checkpoint=info,
+            dataset_root=dataset,
+            warnings=warnings,
+            track=track,
+            resume=not fresh,
+            n_resamples=resamples,
+            console=err,
+        )
+    except (LdmEnvsError, ValueError, FileNotFoundError, FileExistsError, ValidationError) as exc:
+        _fail(exc)
+    console.print(f"results: {outcome.run_dir.path}", highlight=False)
+    if outcome.mlflow_run_id:
+        console.print(f"MLflow run: {outcome.mlflow_run_id}", highlight=False)
+
+
+@app.command()
+def report(
+    source: Annotated[str, typer.Argument(help="an evaluation's run folder, or its MLflow run id")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path(
+        "report.html"
+    ),
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
+) -> None:
+    """Write the self-contained HTML report of an evaluation (complete or partial)."""
+    from ldm_eval.report import write_report
+    from ldm_eval.results import EvalRunDir
+    from ldm_eval.tables import compute_tables
+
+    try:
+        path = Path(source)
+        if path.is_dir():
+            tables = compute_tables(EvalRunDir(path), n_resamples=resamples)
+            write_report(tables, output)
+        else:
+            with tempfile.TemporaryDirectory(prefix="ldm-eval-") as tmp:
+                folder = _download(source, Path(tmp))
+                tables = compute_tables(EvalRunDir(folder), n_resamples=resamples)
+                write_report(tables, output)
+    except (FileNotFoundError, ValueError, LdmEnvsError) as exc:
+        _fail(exc)
+    if not tables.complete:
+        err.print("[yellow]partial evaluation:[/] the report marks what is missing")
+    console.print(f"report: {output.resolve()}", highlight=False)
+
+
+def _download(run_id: str, into: Path) -> Path:
+    """Fetch an evaluation run's `eval/` artifacts (its run folder) from MLflow.
+
+    Raises:
+        FileNotFoundError: no such run, or a run without an evaluation folder.
+    """
+    from ldm_envs import tracking
+
+    tracking.setup()
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="eval", dst_path=str(into)
+        )
+    except (MlflowException, OSError) as exc:
+        raise FileNotFoundError(
+            f"{run_id!r} is neither an evaluation folder nor an MLflow run with an `eval/` "
+            f"artifact folder ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    return Path(local)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

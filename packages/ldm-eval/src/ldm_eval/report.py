@@ -1,0 +1,220 @@
+"""A self-contained HTML report of an evaluation: one file, images inlined, opens in a browser.
+
+It shows what was evaluated and with what (checkpoint, training run, config, reference rule),
+warnings first (partial evaluation, failed envs, libraries the checkpoint was not trained on),
+then the summary (IQM / median with CIs), the figures, the threshold curve at a few thresholds,
+and the per-env table. Nothing is fetched from the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from ldm_envs.manifest import atomic_write_text
+from ldm_eval.normalize import REFERENCE_RULE
+from ldm_eval.plots import figure_png, figures
+from ldm_eval.tables import EvalTables
+
+__all__ = ["render_report", "write_report"]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;font-size:14px;margin:24px auto;max-width:1400px;color:#222}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:right;font-size:12.5px}
+th{background:#f3f3f3;position:sticky;top:0}td.l,th.l{text-align:left}
+tr:nth-child(even){background:#fafafa}
+.note{background:#fff6e0;border-left:4px solid #e0a000;padding:6px 10px;margin:4px 0}
+.partial{background:#fde8e8;border-left:4px solid #d03030;padding:8px 12px;margin:8px 0;
+ font-weight:600}
+.bad{color:#c02020;font-weight:600}.warn{color:#a06000}
+img{max-width:100%;border:1px solid #eee;margin:6px 0}
+.meta td{text-align:left}
+"""
+
+_SHOWN_THRESHOLDS = (0.0, 0.25, 0.5, 0.8, 1.0, 1.25, 1.5)
+
+
+def _fmt(value: Any, *, pct: bool = False) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return ""
+        return f"{100 * value:.1f}%" if pct else f"{value:.4g}"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_fmt(v) for v in value)
+    return html.escape(str(value))
+
+
+def _table(df: pl.DataFrame, *, pct: tuple[str, ...] = (), left: tuple[str, ...] = ()) -> str:
+    head = "".join(
+        f"<th class='{'l' if c in left else ''}'>{html.escape(c)}</th>" for c in df.columns
+    )
+    body = []
+    for row in df.iter_rows(named=True):
+        cells = []
+        for c in df.columns:
+            v = row[c]
+            cls = "l" if c in left else ""
+            text = _fmt(v, pct=c in pct)
+            if c.endswith("status") and v not in (None, "ok"):
+                cls += " bad" if v in ("failed", "timeout", "missing") else " warn"
+            if c in ("trained_library", "trained_env") and v is False:
+                cls += " warn"
+                text = "NO"
+            cells.append(f"<td class='{cls.strip()}'>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _ci(row: Mapping[str, Any], stat: str) -> str:
+    v, lo, hi = row.get(stat), row.get(f"{stat}_low"), row.get(f"{stat}_high")
+    if v is None:
+        return ""
+    text = f"{100 * v:.1f}%"
+    if lo is not None and hi is not None and lo == lo and hi == hi:
+        text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return text
+
+
+def _summary_html(summary: pl.DataFrame) -> str:
+    rows = [
+        {
+            "policy": r["policy"],
+            "library": r["library"],
+            "envs": r["envs"],
+            "scored": r["scored_envs"],
+            "failed": r["failed_envs"],
+            "missing": r["missing_envs"],
+            "no reference": r["unreferenced_envs"],
+            "IQM [95% CI]": _ci(r, "iqm"),
+            "median [95% CI]": _ci(r, "median"),
+            "mean [95% CI]": _ci(r, "mean"),
+            ">= 80%": r["frac_at_least_80"],
+            ">= 100%": r["frac_at_least_100"],
+        }
+        for r in summary.iter_rows(named=True)
+    ]
+    if not rows:
+        return "<p>no scores</p>"
+    df = pl.DataFrame(rows)
+    return _table(df, pct=(">= 80%", ">= 100%"), left=("policy", "library"))
+
+
+def _threshold_html(curve: pl.DataFrame) -> str:
+    shown = curve.filter(pl.col("threshold").is_in(list(_SHOWN_THRESHOLDS)))
+    if shown.is_empty():
+        return "<p>no scores</p>"
+    wide = shown.with_columns(
+        (
+            pl.col("envs_at_least").cast(pl.String)
+            + pl.lit(" (")
+            + (pl.col("fraction") * 100).round(1).cast(pl.String)
+            + pl.lit("%)")
+        )
+        .fill_null("-")
+        .alias("cell"),
+        pl.format(">= {}%", pl.col("threshold_pct").cast(pl.Int64)).alias("x"),
+    ).pivot(on="x", index=["policy", "library", "scored_envs", "failed_envs"], values="cell")
+    return _table(wide, left=("policy", "library"))
+
+
+def _meta_html(tables: EvalTables) -> str:
+    m = tables.manifest
+    cfg = m.config
+    items = [
+        ("evaluation", m.name),
+        ("status", m.status),
+        ("started", dt.datetime.fromtimestamp(m.created).isoformat(timespec="seconds")),
+        ("last update", dt.datetime.fromtimestamp(m.updated).isoformat(timespec="seconds")),
+        ("checkpoint", str(m.checkpoint.path) if m.checkpoint else "(none: baselines only)"),
+        ("checkpoint MLflow run", (m.checkpoint.run_id if m.checkpoint else None) or "unknown"),
+        ("evaluation MLflow run", m.mlflow_run_id or "not tracked"),
+        ("dataset (references)", m.dataset_root or "unknown"),
+        ("reference rule", m.reference_rule or REFERENCE_RULE),
+        ("policies", ", ".join(m.policies)),
+        (
+            "protocol",
+            f"{cfg.rollouts} rollouts x {cfg.episodes} episodes per env, env seeds "
+            f"{cfg.rollout_seeds()}, backend {cfg.backend}, retries {cfg.retries}",
+        ),
+        ("envs planned", str(len(m.envs))),
+    ]
+    rows = "".join(
+        f"<tr><th class='l'>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
+        for k, v in items
+    )
+    return f"<table class='meta'>{rows}</table>"
+
+
+def _per_env_html(tables: EvalTables) -> str:
+    df = tables.per_env
+    pct = tuple(c for c in df.columns if c.endswith("_score"))
+    left = ("library", "env_id", "observation_space", "action_space", "reference_status")
+    return _table(df, pct=pct, left=left + tuple(c for c in df.columns if c.endswith("_cause")))
+
+
+def render_report(tables: EvalTables, images: Mapping[str, bytes] | None = None) -> str:
+    """The report as one HTML string (figures drawn from the tables unless given as PNGs)."""
+    if images is None:
+        images = {
+            name: figure_png(fig)
+            for name, fig in figures(tables.threshold, tables.summary, tables.scores).items()
+        }
+    m = tables.manifest
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>ldm-eval: {html.escape(m.name)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>LDM evaluation: {html.escape(m.name)}</h1>",
+    ]
+    if not tables.complete:
+        parts.append(
+            "<div class='partial'>Partial evaluation: not every planned rollout has an outcome. "
+            "Envs marked <i>missing</i> below have no score yet; aggregates cover the scored "
+            "envs only.</div>"
+        )
+    parts += [f"<div class='note'>{html.escape(n)}</div>" for n in tables.notes]
+    parts += ["<h2>Run</h2>", _meta_html(tables)]
+    parts += [
+        "<h2>Summary</h2>",
+        "<p>Normalized score: 0% = mean return of the reference run's first 10% of episodes, "
+        "100% = of its last 10%. IQM = interquartile mean; CIs by stratified bootstrap over "
+        "envs within each library. Failed, missing and unreferenced envs are counted, never "
+        "scored.</p>",
+        _summary_html(tables.summary),
+    ]
+    parts.append("<h2>Figures</h2>")
+    for name, png in images.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    parts += [
+        "<h2>Performance thresholds</h2>",
+        "<p>Envs at or above x% of reference (fraction of scored envs); the full curve (0-150% "
+        "by 1%) is in <code>tables/threshold_curve.parquet</code>.</p>",
+        _threshold_html(tables.threshold),
+        "<h2>Per env</h2>",
+        _per_env_html(tables),
+    ]
+    if not tables.missing.is_empty():
+        parts += ["<h2>Missing</h2>", _table(tables.missing, left=tuple(tables.missing.columns))]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def write_report(
+    tables: EvalTables, path: str | Path, images: Mapping[str, bytes] | None = None
+) -> Path:
+    """Write the report atomically; returns its path."""
+    path = Path(path)
+    atomic_write_text(path, render_report(tables, images))
+    return path
