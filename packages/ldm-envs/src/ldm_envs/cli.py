@@ -1,8 +1,9 @@
-"""The `ldm-envs` command line: list, inspect, probe, build, check and benchmark env libraries."""
+"""The `ldm-envs` command line: list, inspect, scaffold, probe, build, check and benchmark."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -127,7 +128,17 @@ def build(
 def probe(
     library: str,
     backend: BackendOpt = DEFAULT_BACKEND,
-    env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
+    env: Annotated[
+        list[str] | None, typer.Option(help="only these env ids (undeclared ones are added)")
+    ] = None,
+    discover: Annotated[
+        bool | None,
+        typer.Option(
+            "--discover/--no-discover",
+            help="add every env the library registers (default: only for a fresh scaffold)",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="print, do not rewrite the manifest")] = False,
 ) -> None:
     """Fill or refresh the declared spaces from the real library, run in its environment."""
@@ -135,7 +146,9 @@ def probe(
 
     try:
         entry = registry().entry(library)
-        spec, changes = probe_library(entry.spec, get_backend(backend, console=err), env)
+        spec, changes = probe_library(
+            entry.spec, get_backend(backend, console=err), env, discover=discover
+        )
     except LdmEnvsError as exc:
         _fail(exc)
     for line in changes or ["all declared spaces already match the library"]:
@@ -147,6 +160,62 @@ def probe(
         return
     write_manifest(spec, entry.source)
     console.print(f"[green]wrote[/] {entry.source}")
+
+
+@app.command()
+def new(
+    library: Annotated[str, typer.Argument(help="library name, lower-case kebab-case")],
+    requirement: Annotated[
+        list[str] | None,
+        typer.Option("--requirement", "-r", help="pip requirement of the isolated environment"),
+    ] = None,
+    api: Annotated[str, typer.Option(help="gymnasium | gym26 | gym21")] = "gymnasium",
+    python: Annotated[
+        str | None, typer.Option(help="the library's Python, e.g. 3.8 (default 3.11)")
+    ] = None,
+    module: Annotated[
+        list[str] | None, typer.Option("--module", "-m", help="module to import so envs register")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option(help="env id to declare (none: probe discovers them)")
+    ] = None,
+    description: Annotated[str, typer.Option(help="one line about the library")] = "",
+    dest: Annotated[Path, typer.Option(help="folder holding the plugin packages")] = Path(
+        "plugins"
+    ),
+    force: Annotated[bool, typer.Option(help="overwrite the scaffold's files")] = False,
+) -> None:
+    """Scaffold a plugin package: pyproject with the entry point, manifest, README, test."""
+    from ldm_envs.scaffold import next_steps, scaffold_plugin
+
+    reg = registry()
+    if library in reg.libraries and not force:
+        entry = reg.libraries[library]
+        _fail(
+            LdmEnvsError(
+                f"library {library!r} is already provided by the installed plugin "
+                f"{entry.distribution or entry.plugin} (manifest {entry.source}); pick another "
+                "name, or pass --force"
+            )
+        )
+    try:
+        root = scaffold_plugin(
+            library,
+            dest_root=dest,
+            requirements=requirement or [],
+            api=api,
+            python=python,
+            modules=module or [],
+            env_ids=env or [],
+            description=description,
+            force=force,
+        )
+    except LdmEnvsError as exc:
+        _fail(exc)
+    console.print(f"[green]created[/] {root}", highlight=False)
+    console.print("next steps (guide: docs/adding-a-library.md):")
+    for i, step in enumerate(next_steps(library, root), 1):
+        console.print(f"  {i}. {step}", highlight=False, soft_wrap=True)
 
 
 @app.command()

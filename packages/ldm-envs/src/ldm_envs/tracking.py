@@ -75,7 +75,7 @@ TAG_ENV = "ldm.env_id"
 TAG_CANDIDATE = "ldm.candidate"
 TAG_SEED = "ldm.seed"
 TAG_RUN_KEY = "ldm.run_key"
-#: MLflow 3 picks the UI view of an experiment from this tag.
+#: Marks an experiment as model training (MLflow 3.17's UI does not yet pick its view from it).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 TAG_DECISION = "ldm.filter.decision"
@@ -317,7 +317,8 @@ def experiment_id(stage: str, library: str) -> str:
                 lambda: client.create_experiment(
                     name,
                     artifact_location=location,
-                    # the UI opens these in its model-training view, not the GenAI one
+                    # marks these as model-training experiments; MLflow 3.17's UI still opens
+                    # in its GenAI view until "Model training" is picked once (README)
                     tags={
                         TAG_STAGE: stage,
                         TAG_LIBRARY: library,
