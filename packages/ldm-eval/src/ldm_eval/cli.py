@@ -11,6 +11,7 @@ from rich.console import Console
 
 from ldm_envs.backends import BACKENDS
 from ldm_envs.errors import LdmEnvsError
+from ldm_eval.suite import STAGES
 
 app = typer.Typer(
     help="Evaluate the LDM with the paper's protocol: reference-normalized scores, threshold "
@@ -159,6 +160,47 @@ def report(
     if not tables.complete:
         err.print("[yellow]partial evaluation:[/] the report marks what is missing")
     console.print(f"report: {output.resolve()}", highlight=False)
+
+
+@app.command()
+def suite(
+    path: Annotated[Path, typer.Argument(help="suite file (YAML), e.g. suites/quickstart.yaml")],
+    from_stage: Annotated[
+        str | None,
+        typer.Option(
+            "--from-stage", help=f"run this stage and the later ones again ({', '.join(STAGES)})"
+        ),
+    ] = None,
+    only: Annotated[
+        str | None, typer.Option("--only", help="run only this stage, even if finished")
+    ] = None,
+) -> None:
+    """Run the whole pipeline of a suite file: probe, autorl, train, eval, report.
+
+    Re-running the same command skips the stages that finished with the same inputs; a failed
+    or interrupted stage resumes. Stage record: <data home>/suites/<name>/stages.json.
+    """
+    from ldm_eval.suite import StageError, SuiteError, load_suite, run_suite
+
+    try:
+        spec = load_suite(path)
+        run_suite(spec, from_stage=from_stage, only=only, console=console)
+    except SuiteError as exc:
+        _fail(exc)
+    except StageError as exc:
+        err.print(f"[bold red]error:[/] stage [bold]{exc.stage}[/] failed", highlight=False)
+        err.print(f"  command: {exc.command}", highlight=False, soft_wrap=True)
+        err.print(f"  cause: {exc.cause}", highlight=False, soft_wrap=True)
+        if exc.__cause__ is not None:  # not a failure the stage explained: show where it arose
+            err.print_exception()
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]interrupted:[/] the stage is recorded as interrupted; run the same command "
+            "again to resume it",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
 
 
 def _download(run_id: str, into: Path) -> Path:

@@ -1,0 +1,209 @@
+"""`ldm-eval suite`: the suite file's validation, and a miniature pipeline end to end on the toy
+library (probe -> autorl through the ldm-autorl CLI -> train -> eval -> report), re-run to show
+that finished stages are skipped, with MLflow runs in every stage's experiment."""
+
+import importlib.util
+import io
+import json
+import os
+import textwrap
+import uuid
+
+import mlflow
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from ldm_envs import tracking
+from ldm_envs.paths import data_home
+from ldm_eval.cli import app
+from ldm_eval.suite import STAGES, StageError, SuiteError, load_suite, run_suite
+
+
+def write(tmp_path, text, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def load_error(path):
+    with pytest.raises(SuiteError) as info:
+        load_suite(path)
+    return str(info.value)
+
+
+def test_a_bad_field_is_named_with_the_file(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        name: bad
+        libraries:
+          - name: toy
+            top_n: 0
+        model: {steps: many}
+        """,
+    )
+    msg = load_error(path)
+    assert f"{path}: field libraries.0.top_n:" in msg
+    assert "greater than 0" in msg
+    assert f"{path}: field model.steps:" in msg
+
+
+def test_an_unknown_field_is_refused(tmp_path):
+    msg = load_error(write(tmp_path, "name: x\nlibraries: [{name: toy}]\nbudget: 3\n"))
+    assert "field budget:" in msg and "Extra inputs are not permitted" in msg
+
+
+def test_an_unknown_library_is_named_with_the_installed_ones(tmp_path):
+    msg = load_error(write(tmp_path, "name: x\nlibraries: [{name: nope}]\n"))
+    assert "field libraries.0.name:" in msg
+    assert "unknown env library 'nope'" in msg
+    assert "toy" in msg and "classic-control" in msg
+
+
+def test_an_undeclared_env_and_an_unknown_model_config_are_named(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        name: x
+        libraries: [{name: toy, envs: [CartPole-v1, Nope-v0]}]
+        model: {config: huge}
+        """,
+    )
+    msg = load_error(path)
+    assert "field libraries.0.envs:" in msg and "Nope-v0" in msg and "ShortCartPole-v1" in msg
+    assert "field model.config:" in msg and "tiny" in msg
+
+
+def test_yaml_and_shape_errors_name_the_file(tmp_path):
+    assert "not valid YAML" in load_error(write(tmp_path, "name: [unclosed\n"))
+    assert "is a mapping" in load_error(write(tmp_path, "- a\n- b\n"))
+    assert "cannot read" in load_error(tmp_path / "missing.yaml")
+
+
+def test_paths_are_relative_to_the_file_and_the_folder_defaults_to_the_data_home(tmp_path):
+    suite = load_suite(write(tmp_path, "name: x\nlibraries: [{name: toy}]\ndata_root: data\n"))
+    assert suite.dataset_root == tmp_path / "data"
+    assert suite.record_path == data_home() / "suites" / "x" / "stages.json"
+    other = suite.model_copy(update={"eval": suite.eval.model_copy(update={"episodes": 3})})
+    fps, changed = suite.fingerprints(), other.fingerprints()
+    assert [s for s in STAGES if fps[s] != changed[s]] == ["eval", "report"]
+
+
+def test_cli_reports_suite_errors(tmp_path):
+    result = CliRunner().invoke(app, ["suite", str(write(tmp_path, "name: x\nlibraries: []\n"))])
+    assert result.exit_code == 1
+    assert "field libraries:" in result.output
+    path = write(tmp_path, "name: x\nlibraries: [{name: toy}]\n", "ok.yaml")
+    result = CliRunner().invoke(app, ["suite", str(path), "--only", "bogus"])
+    assert result.exit_code == 1 and "unknown stage 'bogus'" in result.output
+
+
+def quiet():
+    return Console(file=io.StringIO(), width=160)
+
+
+def test_a_failed_stage_is_named_and_recorded(tmp_path):
+    suite = load_suite(
+        write(tmp_path, f"name: f-{uuid.uuid4().hex[:6]}\nlibraries: [{{name: toy}}]\n")
+    )
+    with pytest.raises(StageError) as info:
+        run_suite(suite, only="report", console=quiet())
+    assert info.value.stage == "report" and "run the eval stage first" in info.value.cause
+    assert "ldm-eval suite" in info.value.command
+    record = json.loads(suite.record_path.read_text())
+    assert record["stages"]["report"]["status"] == "failed"
+    assert "eval stage" in record["stages"]["report"]["error"]
+
+
+def test_the_autorl_stage_names_the_missing_package(tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "ldm_autorl" else real(name, *a),
+    )
+    suite = load_suite(
+        write(tmp_path, f"name: a-{uuid.uuid4().hex[:6]}\nlibraries: [{{name: toy}}]\n")
+    )
+    with pytest.raises(StageError) as info:
+        run_suite(suite, only="autorl", console=quiet())
+    assert info.value.stage == "autorl"
+    assert "ldm-autorl is not installed" in info.value.cause
+
+
+@pytest.mark.slow
+def test_a_failing_cli_stage_names_its_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    text = f"name: c-{uuid.uuid4().hex[:6]}\nlibraries: [{{name: toy, candidates: [no-such]}}]\n"
+    with pytest.raises(StageError) as info:
+        run_suite(load_suite(write(tmp_path, text)), only="autorl", console=quiet())
+    assert info.value.stage == "autorl"
+    assert info.value.command.startswith("ldm-autorl rank toy")
+    assert "exit status 1" in info.value.cause
+
+
+MINI = """
+name: {name}
+libraries:
+  - name: toy
+    envs: [CartPole-v1, Pendulum-v1]
+    candidates: [a2c-zoo]
+    top_n: 1
+    rank_budget: 1800
+    train_budget: 8192
+    workers: 2
+probe: {{check_steps: 20}}
+model: {{config: tiny, steps: 30, batch_size: 8, checkpoint_every: 30}}
+eval: {{episodes: 2, rollouts: 1, torch_threads: 1, resamples: 200}}
+"""
+
+
+def runs_in(experiment):
+    exp = mlflow.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment}"
+    return mlflow.search_runs([exp.experiment_id], output_format="list")
+
+
+@pytest.mark.slow
+def test_a_miniature_suite_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # env workers, SB3 and the model share 2 cores
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    name = f"mini-{uuid.uuid4().hex[:6]}"
+    suite = load_suite(write(tmp_path, MINI.format(name=name)))
+    out = io.StringIO()
+    console = Console(file=out, width=160)
+
+    first = run_suite(suite, console=console)
+    assert first.ran == list(STAGES) and first.failed is None, out.getvalue()
+    record_path = data_home() / "suites" / name / "stages.json"
+    record = json.loads(record_path.read_text())
+    for stage in STAGES:
+        rec = record["stages"][stage]
+        assert rec["status"] == "finished", (stage, rec)
+        assert rec["wall_s"] is not None and rec["ended"] >= rec["started"]
+        assert rec["commands"], stage
+    assert any("ldm-autorl rank toy" in c for c in record["stages"]["autorl"]["commands"])
+    assert "Pipeline: suite" in first.report.read_text()
+    report = first.report.read_text()
+    for stage in STAGES:
+        assert f"<td class='l'>{stage}</td><td class='l'>finished</td>" in report
+    assert "Summary" in report  # the evaluation report follows the pipeline section
+
+    tracking.setup()
+    for stage in ("ranking", "reference", "filter", "dataset", "model", "eval"):
+        assert runs_in(f"ldm-{stage}/toy"), stage
+    suite_runs = runs_in(f"ldm-suite/{name}")
+    assert sorted(r.info.run_name for r in suite_runs) == sorted([*STAGES, f"suite {name}"])
+    assert all(r.info.status == "FINISHED" for r in suite_runs)
+
+    before = record_path.read_text()
+    again = run_suite(suite, console=console)
+    assert again.ran == [] and again.skipped == list(STAGES)
+    assert json.loads(record_path.read_text())["stages"] == json.loads(before)["stages"]
+    assert len(runs_in(f"ldm-suite/{name}")) == len(suite_runs)  # reopened, not duplicated
+
+    only = run_suite(suite, only="report", console=console)
+    assert only.ran == ["report"] and only.skipped == []
+    assert "skipped" in out.getvalue() and "mlflow ui" in out.getvalue()
+    assert os.path.isfile(first.report)
