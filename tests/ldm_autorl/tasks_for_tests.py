@@ -45,7 +45,10 @@ def flaky(state_file: str) -> str:
 def hang_with_grandchild(pid_file: str) -> None:
     """Start a long-lived child process, record its pid, then hang."""
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    Path(pid_file).write_text(str(child.pid))
+    # Write then rename: a reader never sees an empty file if this attempt is killed mid-write.
+    partial = Path(pid_file).with_suffix(".partial")
+    partial.write_text(str(child.pid))
+    partial.replace(pid_file)
     time.sleep(3600)
 
 

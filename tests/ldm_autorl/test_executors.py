@@ -136,17 +136,20 @@ def test_a_failing_callback_stops_the_run_and_kills_attempts(tmp_path: Path) -> 
     pid_file = tmp_path / "gc.pid"
 
     def explode(result: TaskResult) -> None:
+        # Fail only once the slow attempt has started its grandchild, so the kill is checked.
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
         raise OSError("disk full")
 
     tasks = [spec("quick", "ok"), spec("slow", "hang_with_grandchild", pid_file=str(pid_file))]
     with pytest.raises(OSError, match="disk full"):
         LocalExecutor(max_workers=2, show_progress=False).run(tasks, on_result=explode)
-    if pid_file.exists():
-        grandchild = int(pid_file.read_text())
-        deadline = time.monotonic() + 5
-        while pid_alive(grandchild) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not pid_alive(grandchild)
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while pid_alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not pid_alive(grandchild)
 
 
 @pytest.mark.slow
