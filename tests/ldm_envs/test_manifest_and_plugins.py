@@ -68,7 +68,9 @@ def test_unknown_env_lists_declared(toy):
 def test_manifest_round_trips_through_yaml_atomically(toy, tmp_path):
     path = tmp_path / "manifest.yaml"
     write_manifest(toy, path)
-    assert read_manifest(path) == toy
+    copy = read_manifest(path)
+    assert copy.model_dump() == toy.model_dump()
+    assert copy.source_dir == tmp_path  # where its local packages would be looked for
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.yaml"]  # no temp file left behind
     data = yaml.safe_load(path.read_text())
     assert data["envs"][0]["observation_space"]["high"][1] == float("inf")

@@ -133,7 +133,7 @@ def train_run(
                         mlflow_run_id=run.run_id,
                         observation_space=obs_space,
                         action_space=act_space,
-                        environment_ref=spec.environment.content_hash(),
+                        environment_ref=spec.environment_hash(),
                         part=k,
                         created=time.time(),
                     ),

@@ -88,9 +88,11 @@ def show(library: str) -> None:
     console.print(f"[bold]{spec.name}[/] {spec.version}: {spec.description}")
     console.print(f"  plugin: {entry.distribution or entry.plugin}  manifest: {entry.source}")
     console.print(
-        f"  python {env_block.python}, api {env_block.api.value}, hash {env_block.content_hash()}"
+        f"  python {env_block.python}, api {env_block.api.value}, hash {spec.environment_hash()}"
     )
     console.print(f"  requirements: {', '.join(env_block.requirements)}")
+    if env_block.local_packages:
+        console.print(f"  local packages: {', '.join(env_block.local_packages)}")
     if env_block.build_constraints:
         console.print(f"  build constraints: {', '.join(env_block.build_constraints)}")
     console.print(f"  ranking subset: {', '.join(spec.ranking_envs)}")

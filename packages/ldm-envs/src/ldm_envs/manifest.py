@@ -7,6 +7,7 @@ worker; `ldm-envs probe` rewrites the declared spaces from the real library.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -17,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from ldm_envs.errors import ManifestError, SpaceError, UnknownEnvError
 from ldm_envs.spaces import Space, check_limits
@@ -48,10 +57,27 @@ class IsolatedEnvironment(BaseModel):
     apt_packages: list[str] = []
     env_vars: dict[str, str] = {}
     base_image: str | None = None
+    local_packages: list[str] = []
+
+    @field_validator("local_packages")
+    @classmethod
+    def _relative_inside_plugin(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parts = Path(entry).parts
+            if Path(entry).is_absolute() or ".." in parts or not parts:
+                raise ValueError(
+                    f"local package {entry!r} must be a folder inside the plugin, given relative "
+                    "to the manifest's folder"
+                )
+        return value
 
     def content_hash(self, *extra: str) -> str:
         """Short stable hash of what determines the built environment (the cache key)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True) + "|".join(extra)
+        data = self.model_dump(mode="json")
+        if not data["local_packages"]:
+            # absent rather than empty, so environments built before the field existed stay cached
+            del data["local_packages"]
+        payload = json.dumps(data, sort_keys=True) + "|".join(extra)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -121,6 +147,46 @@ class EnvLibrarySpec(BaseModel):
     imports: list[str] = []
     envs: list[EnvSpec] = Field(min_length=1)
     ranking_subset: list[str] = []
+    #: The manifest file's folder, which `environment.local_packages` are relative to.
+    _source_dir: Path | None = PrivateAttr(default=None)
+
+    def located_at(self, source_dir: Path | None) -> EnvLibrarySpec:
+        """This spec, remembering the folder its manifest file was read from."""
+        self._source_dir = source_dir
+        return self
+
+    @property
+    def source_dir(self) -> Path | None:
+        """The folder of the manifest file (None for a spec built in code)."""
+        return self._source_dir
+
+    def local_package_dirs(self) -> list[Path]:
+        """The plugin's worker-side packages, resolved and checked.
+
+        Raises:
+            ManifestError: naming the plugin and the entry that is missing or not a project.
+        """
+        dirs = []
+        for entry in self.environment.local_packages:
+            where = f"plugin {self.name!r}: field environment.local_packages: {entry!r}"
+            if self._source_dir is None:
+                raise ManifestError(f"{where} needs a manifest read from a file to be relative to")
+            path = (self._source_dir / entry).resolve()
+            if not path.is_dir():
+                raise ManifestError(f"{where}: folder {path} does not exist")
+            if not any((path / name).is_file() for name in ("pyproject.toml", "setup.py")):
+                raise ManifestError(f"{where}: {path} has no pyproject.toml or setup.py")
+            dirs.append(path)
+        return dirs
+
+    def environment_hash(self, *extra: str) -> str:
+        """The cache key of the built environment.
+
+        It covers the environment block, `extra` and the contents of the local packages, so
+        editing a local package rebuilds the venv or image.
+        """
+        digests = [_tree_digest(path) for path in self.local_package_dirs()]
+        return self.environment.content_hash(*extra, *digests)
 
     @field_validator("name")
     @classmethod
@@ -185,6 +251,35 @@ class EnvLibrarySpec(BaseModel):
         )
 
 
+#: Build leftovers of a local package: neither hashed nor copied into an environment.
+LOCAL_PACKAGE_IGNORES = (
+    "__pycache__",
+    "*.pyc",
+    "build",
+    "dist",
+    "*.egg-info",
+    ".venv",
+    ".pytest_cache",
+    ".ruff_cache",
+)
+
+
+def _ignored(rel: Path) -> bool:
+    return any(
+        fnmatch.fnmatch(part, pattern) for part in rel.parts for pattern in LOCAL_PACKAGE_IGNORES
+    )
+
+
+def _tree_digest(root: Path) -> str:
+    """Hash of the relative paths and bytes of a source tree, build leftovers aside."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not _ignored(rel):
+            digest.update(rel.as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def format_validation_error(plugin: str, exc: ValidationError) -> str:
     """One line per problem, each naming the plugin and the field path."""
     lines = []
@@ -223,7 +318,7 @@ def read_manifest(path: Path, plugin: str | None = None) -> EnvLibrarySpec:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ManifestError(f"plugin {plugin!r}: cannot read manifest {path}: {exc}") from None
-    return parse_manifest(data, plugin)
+    return parse_manifest(data, plugin).located_at(path.parent)
 
 
 def _plain(value: Any) -> Any:

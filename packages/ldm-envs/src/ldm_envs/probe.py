@@ -368,6 +368,7 @@ def probe_library(
     new_spec = _fit_subset(spec.model_copy(update={"envs": real}), changes)
     # validate the result as a whole, as the registry will when it reads the file back
     try:
-        return EnvLibrarySpec.model_validate(new_spec.model_dump()), changes
+        validated = EnvLibrarySpec.model_validate(new_spec.model_dump())
+        return validated.located_at(spec.source_dir), changes
     except ValidationError as exc:
         raise ManifestError(format_validation_error(spec.name, exc)) from None

@@ -14,10 +14,29 @@ from typing import ClassVar
 from rich.console import Console
 
 from ldm_envs.errors import WorkerCrashedError, WorkerTimeoutError
-from ldm_envs.manifest import EnvLibrarySpec
+from ldm_envs.manifest import LOCAL_PACKAGE_IGNORES, EnvLibrarySpec
 from ldm_envs.protocol import SocketWorkerClient, WorkerClient, WorkerProcess, check_hello
 
 SOCKET_NAME = "worker.sock"
+
+
+def copy_local_packages(spec: EnvLibrarySpec, dest: Path) -> list[Path]:
+    """Copy the plugin's local packages under `dest`, one folder each, build leftovers aside.
+
+    Both backends install from such a copy (in the venv folder or the image's build context),
+    never from the plugin's source tree, so an installed environment never points back into it.
+    """
+    copies = []
+    for index, source in enumerate(spec.local_package_dirs()):
+        target = dest / f"{index}-{source.name}"
+        shutil.copytree(
+            source,
+            target,
+            ignore=shutil.ignore_patterns(*LOCAL_PACKAGE_IGNORES),
+            dirs_exist_ok=True,
+        )
+        copies.append(target)
+    return copies
 
 
 class Backend(ABC):

@@ -23,7 +23,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 import ldm_envs.worker as worker_module
-from ldm_envs.backends.base import SOCKET_NAME, Backend, spawn_socket_worker
+from ldm_envs.backends.base import (
+    SOCKET_NAME,
+    Backend,
+    copy_local_packages,
+    spawn_socket_worker,
+)
 from ldm_envs.backends.docker_base import (
     BaseImageError,
     base_image_exists,
@@ -142,7 +147,7 @@ class DockerBackend(Backend):
     def image_tag(self, spec: EnvLibrarySpec) -> str:
         """Tag by the hash of the environment block, the base image and the worker's source."""
         worker_hash = hashlib.sha256(Path(worker_module.__file__).read_bytes()).hexdigest()[:12]
-        digest = spec.environment.content_hash(self.base_image(spec), worker_hash)
+        digest = spec.environment_hash(self.base_image(spec), worker_hash)
         return f"{IMAGE_REPO}-{spec.name}:{digest}"
 
     def is_ready(self, spec: EnvLibrarySpec) -> bool:
@@ -165,7 +170,7 @@ class DockerBackend(Backend):
             )
         return build_base(spec.environment.python, console=self.console, client=self.client)
 
-    def _dockerfile(self, spec: EnvLibrarySpec, base: str) -> str:
+    def _dockerfile(self, spec: EnvLibrarySpec, base: str, local: list[Path]) -> str:
         env_block = spec.environment
         cert = "SSL_CERT_FILE=/opt/ldm/ca.crt " if self.ca_bundle else ""
         lines = [f"FROM {base}", "USER root"]
@@ -181,6 +186,7 @@ class DockerBackend(Backend):
             if env_block.build_constraints
             else ""
         )
+        install += "".join(f" /opt/ldm/local/{path.name}" for path in local)
         lines.append(
             f"RUN {cert}uv venv --seed --python /opt/python/bin/python3 /opt/ldm/venv "
             f"&& {install} && {VENV_PYTHON} -c 'import numpy' && rm -f /opt/ldm/ca.crt "
@@ -209,9 +215,10 @@ class DockerBackend(Backend):
                         "\n".join(spec.environment.build_constraints)
                     )
                 shutil.copy2(worker_module.__file__, files / "worker.py")
+                local = copy_local_packages(spec, files / "local")
                 if self.ca_bundle:
                     shutil.copy2(self.ca_bundle, files / "ca.crt")
-                (context / "Dockerfile").write_text(self._dockerfile(spec, base))
+                (context / "Dockerfile").write_text(self._dockerfile(spec, base, local))
                 log: list[str] = []
                 with self.console.status(f"[bold]building image {tag}[/]"):
                     build_image(

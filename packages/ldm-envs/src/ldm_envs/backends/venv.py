@@ -18,7 +18,12 @@ from pathlib import Path
 from filelock import FileLock
 
 import ldm_envs.worker as worker_module
-from ldm_envs.backends.base import SOCKET_NAME, Backend, spawn_socket_worker
+from ldm_envs.backends.base import (
+    SOCKET_NAME,
+    Backend,
+    copy_local_packages,
+    spawn_socket_worker,
+)
 from ldm_envs.errors import BuildError
 from ldm_envs.interpreters import python_request, uv_executable
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
@@ -82,7 +87,7 @@ class VenvBackend(Backend):
 
     def venv_path(self, spec: EnvLibrarySpec) -> Path:
         """Cache key: library name and the hash of its isolated-environment block."""
-        return self.root / f"{spec.name}-{spec.environment.content_hash()}"
+        return self.root / f"{spec.name}-{spec.environment_hash()}"
 
     def python_path(self, spec: EnvLibrarySpec) -> Path:
         """The venv's interpreter."""
@@ -155,6 +160,9 @@ class VenvBackend(Backend):
             reqs = path / "ldm-requirements.txt"
             reqs.write_text("\n".join(env_block.requirements) + "\n")
             cmd = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "-r", str(reqs)]
+            # Local packages resolve together with the pins, from a copy inside the venv: a
+            # fresh path per content hash, so uv never reuses a wheel built from older sources.
+            cmd += [str(p) for p in copy_local_packages(spec, path / "ldm-local")]
             if env_block.build_constraints:
                 constraints = path / "ldm-build-constraints.txt"
                 constraints.write_text("\n".join(env_block.build_constraints) + "\n")
@@ -176,7 +184,7 @@ class VenvBackend(Backend):
         (path / "ldm-freeze.txt").write_text(freeze)
         marker = {
             "library": spec.name,
-            "hash": spec.environment.content_hash(),
+            "hash": spec.environment_hash(),
             "python": env_block.python,
             "seconds": round(time.monotonic() - started, 1),
         }
