@@ -17,6 +17,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from ldm_envs.dataset.shards import ShardReader, ShardWriter, write_ref_actions
+from ldm_envs.sb3 import env_actions
 
 FLUSH_ROWS = 2048
 
@@ -73,12 +74,6 @@ class RecordingVecEnv(VecEnvWrapper):
         self._last_obs: np.ndarray | None = None
         self._actions: np.ndarray | None = None
         self.record_seconds = 0.0
-        space = venv.action_space
-        self._int_box = bool(
-            getattr(space, "dtype", None) is not None
-            and np.dtype(space.dtype).kind in "iu"
-            and hasattr(space, "low")
-        )
 
     def reset(self) -> Any:
         obs = self.venv.reset()
@@ -92,12 +87,8 @@ class RecordingVecEnv(VecEnvWrapper):
         self.venv.step_async(actions)
 
     def _recorded_actions(self) -> np.ndarray:
-        actions = self._actions
-        assert actions is not None
-        space = self.venv.action_space
-        if self._int_box:  # the env received rounded, clipped integers (see LdmSB3VecEnv)
-            actions = np.clip(np.rint(actions), space.low, space.high).astype(space.dtype)  # type: ignore[attr-defined]
-        return actions
+        assert self._actions is not None
+        return env_actions(self.venv.action_space, self._actions)
 
     def step_wait(self) -> Any:
         obs, rewards, dones, infos = self.venv.step_wait()
@@ -161,7 +152,7 @@ def relabel(model: BaseAlgorithm, shard: Path, batch: int = 4096) -> int:
     for start in range(0, n, batch):
         obs = reader.rows(start, min(n, start + batch))["obs"]
         action, _ = model.predict(obs, deterministic=True)
-        parts.append(np.asarray(action))
+        parts.append(env_actions(model.action_space, np.asarray(action)))
     if not parts:
         return 0
     ref = np.concatenate(parts)

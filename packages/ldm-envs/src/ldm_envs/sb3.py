@@ -12,6 +12,18 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 from ldm_envs.pool import EnvPool
 
 
+def env_actions(space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:
+    """The actions an env receives for what an SB3 policy emitted.
+
+    SB3 treats every Box as continuous and emits floats even for integer boxes (or-gym's order
+    quantities); the env gets them rounded and clipped, as SB3 clips float boxes. Recording and
+    relabeling use the same conversion, so the dataset holds what the env really executed.
+    """
+    if isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind in "iu":
+        return np.clip(np.rint(actions), space.low, space.high).astype(space.dtype)
+    return actions
+
+
 class LdmSB3VecEnv(VecEnv):
     """SB3's vector API: `step_async` sends to every worker, `step_wait` gathers.
 
@@ -48,11 +60,7 @@ class LdmSB3VecEnv(VecEnv):
         return obs  # type: ignore[return-value]
 
     def step_async(self, actions: np.ndarray) -> None:
-        space = self.action_space
-        if isinstance(space, gym.spaces.Box) and np.dtype(space.dtype).kind in "iu":
-            # SB3 emits floats even for integer boxes: round and clip as it clips float boxes
-            actions = np.clip(np.rint(actions), space.low, space.high).astype(space.dtype)
-        self.pool.step_send(actions)
+        self.pool.step_send(env_actions(self.action_space, actions))
 
     def step_wait(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict[str, Any]]]:
         r = self.pool.step_recv()
