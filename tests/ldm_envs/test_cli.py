@@ -29,6 +29,10 @@ def test_check_reports_each_env_and_fails_on_a_broken_one():
     assert result.exit_code == 1
     assert "FAIL Unmakeable-v0" in result.output and "no_such_argument" in result.output
     assert "3/4 envs passed" in result.output
+    # `list` names the failing env and its cause, not only a count
+    listed = " ".join(runner.invoke(app, ["list"]).output.split())
+    assert "check 3/4 ok" in listed
+    assert "toy Unmakeable-v0 fails through venv:" in listed and "no_such_argument" in listed
 
 
 def test_probe_dry_run_prints_spaces_from_the_library():

@@ -45,6 +45,7 @@ def list_libraries() -> None:
     table = Table(title="env libraries", show_lines=True)
     for col in ("library", "python / api", "envs", "obs -> action", "backends"):
         table.add_column(col, overflow="fold")
+    failing: list[tuple[str, str, EnvCheck]] = []
     for name in reg.names():
         spec = reg.get(name)
         kinds = sorted(
@@ -63,6 +64,7 @@ def list_libraries() -> None:
             res = last_check(name, backend_name)
             if res is not None:
                 state += f", check {sum(e.ok for e in res.envs)}/{len(res.envs)} ok"
+                failing += [(name, backend_name, e) for e in res.envs if not e.ok]
             backends.append(f"{backend_name}: {state}")
         table.add_row(
             f"{name} {spec.version}",
@@ -72,6 +74,14 @@ def list_libraries() -> None:
             "\n".join(backends),
         )
     console.print(table)
+    # every env the last check could not make or step, with its cause: never a silent count
+    for name, backend_name, env in failing:
+        cause = env.problems[0].strip().splitlines()[-1] if env.problems else "(no cause recorded)"
+        err.print(
+            f"[red]{name} {env.env_id} fails through {backend_name}:[/] {cause}  "
+            f"[dim](`ldm-envs check {name} --backend {backend_name} --env {env.env_id}`)[/]",
+            highlight=False,
+        )
     for name, why in sorted(reg.broken.items()):
         err.print(f"[red]broken plugin {name}:[/] {why}", highlight=False)
 
