@@ -94,3 +94,53 @@ def test_decide_applies_both_filters_with_reasons():
     assert not decisions["flat"].kept and "no significant improvement" in decisions["flat"].reason
     assert not decisions["empty"].kept and decisions["empty"].reason == "no complete episode"
     assert decisions["best"].threshold == decisions["weak"].threshold
+
+
+def test_when_no_run_ended_an_episode_every_run_is_dropped_with_that_reason():
+    decisions = decide({"a": [], "b": []})
+    assert set(decisions) == {"a", "b"}
+    assert all(not d.kept and d.reason == "no complete episode" for d in decisions.values())
+
+
+def test_a_run_without_episodes_reads_back_from_its_record(tmp_path):
+    """Its NaN means are written as NaN (JSON null would not validate as a float)."""
+    from ldm_autorl.jobs import RunResult, load_result
+
+    record = RunResult(
+        run_key="k",
+        stage="ranking",
+        library="atari",
+        env_id="ALE/Pong-v5",
+        candidate="a2c-default",
+        seed=0,
+        budget=1000,
+        mlflow_run_id="r",
+        episode_returns=[],
+        episode_lengths=[],
+        first10_mean=float("nan"),
+        last10_mean=float("nan"),
+        seconds=1.0,
+        learn_seconds=1.0,
+        record_seconds=0.0,
+    )
+    path = tmp_path / "run.json"
+    path.write_text(record.model_dump_json())
+    back = load_result(path)
+    assert back is not None and np.isnan(back.first10_mean) and np.isnan(back.last10_mean)
+    path.write_text(path.read_text().replace("NaN", "null"))  # as older records hold it
+    back = load_result(path)
+    assert back is not None and np.isnan(back.first10_mean)
+
+
+def test_an_empty_ranking_stops_the_reference_stage_by_name(tmp_path):
+    """Not a silent fallback to every registered candidate."""
+    import json
+
+    from ldm_autorl import layout, pipeline
+    from ldm_autorl.executors import LocalExecutor
+
+    path = layout.ranking_path(tmp_path, "toy")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"ranking": []}))
+    with pytest.raises(pipeline.EmptyRankingError, match=r"ranking of library 'toy'.*is empty"):
+        pipeline.train("toy", executor=LocalExecutor(max_workers=1), root=tmp_path)

@@ -206,6 +206,10 @@ def run(
     candidate: Annotated[
         list[str] | None, typer.Option("--candidate", help="only these candidates")
     ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", help="reference runs on these env ids only (default: all)"),
+    ] = None,
     seed: SeedOpt = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
@@ -213,7 +217,11 @@ def run(
     backend: BackendOpt = "venv",
     root: RootOpt = None,
 ) -> None:
-    """Run rank -> train -> filter, resumable: finished runs are never redone or duplicated."""
+    """Run rank -> train -> filter, resumable: finished runs are never redone or duplicated.
+
+    Ranking always uses the library's 5-env ranking subset; `--env` narrows the reference runs
+    (a library of 57 Atari games at a smoke-test budget, say).
+    """
     ex = _executor(executor, address, workers)
     data_root = _root(root)
     try:
@@ -233,6 +241,7 @@ def run(
             top_n=top_n,
             budget=train_budget,
             seeds=seed or [0],
+            env_ids=env,
             backend=backend,
         )
         table = pipeline.filter_runs(library, root=data_root)

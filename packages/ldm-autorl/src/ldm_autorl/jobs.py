@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from ldm_autorl import layout
 from ldm_autorl.candidates import registry as candidate_registry
@@ -28,7 +28,13 @@ from ldm_envs.sb3 import LdmSB3VecEnv
 
 
 class RunResult(BaseModel):
-    """The record of a finished run (`runs/<stage>/.../<candidate>-s<seed>.json`)."""
+    """The record of a finished run (`runs/<stage>/.../<candidate>-s<seed>.json`).
+
+    A run too short to end an episode has NaN first/last means: written as `NaN`, not `null`,
+    so the record reads back and the filter can say "no complete episode".
+    """
+
+    model_config = ConfigDict(ser_json_inf_nan="constants")
 
     run_key: str
     stage: str
@@ -48,6 +54,12 @@ class RunResult(BaseModel):
     learn_seconds: float
     record_seconds: float
     relabel_seconds: float = 0.0
+
+    @field_validator("first10_mean", "last10_mean", mode="before")
+    @classmethod
+    def _null_is_nan(cls, value: object) -> object:
+        """Records written before NaN was kept as NaN hold `null` there."""
+        return float("nan") if value is None else value
 
 
 def load_result(path: Path) -> RunResult | None:

@@ -25,6 +25,7 @@ from ldm_autorl.stats import decide, rank_candidates, window
 from ldm_envs import tracking
 from ldm_envs.dataset.index import write_index
 from ldm_envs.dataset.shards import write_decision
+from ldm_envs.errors import LdmEnvsError
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.plugins import get_library
 
@@ -33,6 +34,10 @@ MAX_ENVS_PER_LIBRARY = 250
 DEFAULT_RANK_BUDGET = 10_000
 DEFAULT_TRAIN_BUDGET = 20_000
 TASK_TARGET = "ldm_autorl.jobs:train_run"
+
+
+class EmptyRankingError(LdmEnvsError, ValueError):
+    """No candidate scored in the ranking, so no reference run can be chosen."""
 
 
 @dataclass
@@ -292,7 +297,14 @@ def train(
     """Reference runs: the top-N compatible ranked candidates on every env, recorded."""
     console = console or Console()
     spec = get_library(library)
-    ranked = _candidates(load_ranking(root, library))
+    names = load_ranking(root, library)
+    if not names:
+        raise EmptyRankingError(
+            f"the ranking of library {library!r} under {root} is empty: no ranking run ended an "
+            "episode, so no candidate scored; rank again with a larger budget "
+            f"(`ldm-autorl rank {library} --budget N`)"
+        )
+    ranked = _candidates(names)
     envs = list(env_ids or spec.env_ids)[:max_envs]
     pairs = []
     for env_id in envs:

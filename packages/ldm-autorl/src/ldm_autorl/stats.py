@@ -140,11 +140,12 @@ def performance_threshold(best_last: float, baseline: float) -> float:
 def decide(runs: Mapping[str, Sequence[float]]) -> dict[str, FilterDecision]:
     """Apply both filters to the runs of one env (run key -> its episode returns in order)."""
     summary = {key: improvement(r) for key, r in runs.items() if len(r)}
-    if not summary:
-        return {}
-    best_last = max(s[3] for s in summary.values())
-    baseline = float(np.mean([s[2] for s in summary.values()]))
-    threshold = performance_threshold(best_last, baseline)
+    if summary:
+        best_last = max(s[3] for s in summary.values())
+        baseline = float(np.mean([s[2] for s in summary.values()]))
+        threshold = performance_threshold(best_last, baseline)
+    else:  # no run ended an episode: every run is dropped, with that reason
+        best_last = baseline = threshold = float("nan")
     out: dict[str, FilterDecision] = {}
     for key in runs:
         if key not in summary:
