@@ -236,7 +236,7 @@ def test_inside_a_workspace_the_steps_say_uv_add(tmp_path):
 
 def test_generated_python_passes_the_repository_lint(tmp_path):
     pytest.importorskip("ruff")
-    root = _scaffold(tmp_path, name="lint-me")
+    root = _scaffold(tmp_path, name="a-library-with-a-rather-long-name-to-lint")
     result = subprocess.run(
         [
             sys.executable,

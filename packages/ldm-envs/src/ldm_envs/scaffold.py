@@ -300,9 +300,10 @@ def _test_text(name: str) -> str:
     dist = DISTRIBUTION_PREFIX + name
     return f'''"""The plugin contract of this library (as in tests/ldm_envs/test_libraries.py).
 
-Needs the package installed in the workspace: `uv add {dist}`.
-Run: `uv run pytest plugins/{dist}` (rollouts build the venv and are marked `slow`; the
-docker check needs an engine).
+Needs the package installed in the workspace:
+    uv add {dist}
+Run (rollouts build the venv and are marked `slow`; the docker check needs an engine):
+    uv run pytest plugins/{dist}
 """
 
 import numpy as np
@@ -315,6 +316,7 @@ from ldm_envs.manifest import RANKING_SUBSET_SIZE
 from ldm_envs.plugins import registry
 
 LIBRARY = "{name}"
+DISTRIBUTION = "{dist}"
 
 
 @pytest.fixture(scope="module")
@@ -323,13 +325,13 @@ def spec():
     try:
         return registry().get(LIBRARY)
     except LdmEnvsError as exc:
-        pytest.fail(f"{{exc}}\\n(install the plugin: `uv add {dist}`)")
+        pytest.fail(f"{{exc}}\\n(install the plugin: `uv add {{DISTRIBUTION}}`)")
 
 
 def test_the_entry_point_names_this_package_and_its_manifest(spec):
     """The entry point of this distribution names its manifest.yaml."""
     entry = registry().entry(LIBRARY)
-    assert entry.distribution == "{dist}"
+    assert entry.distribution == DISTRIBUTION
     assert entry.source is not None and entry.source.name == "manifest.yaml"
 
 
