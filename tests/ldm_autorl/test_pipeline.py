@@ -1,6 +1,7 @@
 """rank -> train -> filter -> dataset on the toy library, through real venv workers, SB3,
 shards and an embedded MLflow store; then resume after a kill, and a Ray run."""
 
+import json
 import os
 import signal
 import subprocess
@@ -81,7 +82,8 @@ def test_ranking_table_and_mlflow_runs(ranked, root):
     assert experiment.tags[tracking.TAG_EXPERIMENT_KIND] == tracking.MODEL_TRAINING
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent[0].info.run_id)}
     assert {"ranking.csv", "ranking.png"} <= artifacts
-    assert layout.ranking_path(root, "toy").exists()
+    saved = json.loads(layout.ranking_path(root, "toy").read_text())
+    assert saved["unranked"] == {}  # both candidates ended episodes, so both are ranked
 
 
 def test_reference_runs_record_and_relabel(ranked, root):

@@ -102,27 +102,33 @@ def test_when_no_run_ended_an_episode_every_run_is_dropped_with_that_reason():
     assert all(not d.kept and d.reason == "no complete episode" for d in decisions.values())
 
 
-def test_a_run_without_episodes_reads_back_from_its_record(tmp_path):
-    """Its NaN means are written as NaN (JSON null would not validate as a float)."""
-    from ldm_autorl.jobs import RunResult, load_result
+def _record(candidate="a2c-default", returns=()):
+    from ldm_autorl.jobs import RunResult
 
-    record = RunResult(
+    return RunResult(
         run_key="k",
         stage="ranking",
         library="atari",
         env_id="ALE/Pong-v5",
-        candidate="a2c-default",
+        candidate=candidate,
         seed=0,
         budget=1000,
         mlflow_run_id="r",
-        episode_returns=[],
-        episode_lengths=[],
-        first10_mean=float("nan"),
-        last10_mean=float("nan"),
+        episode_returns=list(returns),
+        episode_lengths=[1] * len(returns),
+        first10_mean=float(np.mean(returns)) if returns else float("nan"),
+        last10_mean=float(np.mean(returns)) if returns else float("nan"),
         seconds=1.0,
         learn_seconds=1.0,
         record_seconds=0.0,
     )
+
+
+def test_a_run_without_episodes_reads_back_from_its_record(tmp_path):
+    """Its NaN means are written as NaN (JSON null would not validate as a float)."""
+    from ldm_autorl.jobs import load_result
+
+    record = _record()
     path = tmp_path / "run.json"
     path.write_text(record.model_dump_json())
     back = load_result(path)
@@ -144,3 +150,14 @@ def test_an_empty_ranking_stops_the_reference_stage_by_name(tmp_path):
     path.write_text(json.dumps({"ranking": []}))
     with pytest.raises(pipeline.EmptyRankingError, match=r"ranking of library 'toy'.*is empty"):
         pipeline.train("toy", executor=LocalExecutor(max_workers=1), root=tmp_path)
+
+
+def test_a_candidate_that_ended_no_episode_is_named_not_dropped_silently():
+    from ldm_autorl.pipeline import _without_episodes
+
+    results = [_record("a2c-default"), _record("a2c-default"), _record("ppo-default", [1.0])]
+    unranked = _without_episodes(results, ranked={"ppo-default"})
+    assert list(unranked) == ["a2c-default"]
+    assert (
+        "none of its 2 ranking run(s) ended an episode at budget 1,000" in unranked["a2c-default"]
+    )

@@ -201,6 +201,9 @@ def rank(
                 window(res.episode_returns, "last").tolist()
             )
         table = rank_candidates(last)
+        unranked = _without_episodes(outcome.results, set(table["candidate"].to_list()))
+        for cand, why in unranked.items():
+            console.print(f"[yellow]{cand} is not ranked:[/] {why}", highlight=False)
         per_env = _per_env_scores(outcome.results)
         parent.log_table(table, "ranking")
         if per_env.height:
@@ -215,11 +218,29 @@ def rank(
                 "budget": budget,
                 "ranking": table.to_dicts(),
                 "failures": [f.key for f in outcome.failures],
+                "unranked": unranked,
             },
             indent=2,
         ),
     )
     return table, outcome
+
+
+def _without_episodes(results: Sequence[RunResult], ranked: set[str]) -> dict[str, str]:
+    """Candidates that ran but ended no episode anywhere, so they neither score nor concede.
+
+    Said out loud: otherwise a budget too small for a candidate's parallel envs (A2C steps 8
+    envs, so each sees 1/8 of it) makes the candidate vanish from the ranking unexplained.
+    """
+    runs: dict[str, list[RunResult]] = {}
+    for r in results:
+        runs.setdefault(r.candidate, []).append(r)
+    return {
+        cand: f"none of its {len(rs)} ranking run(s) ended an episode at budget "
+        f"{rs[0].budget:,}; raise the ranking budget"
+        for cand, rs in sorted(runs.items())
+        if cand not in ranked
+    }
 
 
 def _per_env_scores(results: Sequence[RunResult]) -> pl.DataFrame:
