@@ -230,3 +230,20 @@ def test_config_validation():
         EvalConfig(backend="nope")
     assert EvalConfig().rollout_seeds() == [0, 1]
     assert (EvalConfig().episodes, EvalConfig().rollouts) == (10, 2)
+
+
+@pytest.mark.slow
+def test_envs_with_actions_of_different_sizes_evaluate_side_by_side():
+    """LunarLander (one discrete action) and LunarLanderContinuous (two numbers) share a
+    library but not a worker's action array: each gets its own pool."""
+    targets = [
+        EnvTarget(library="box2d", env_id="LunarLander-v3"),
+        EnvTarget(library="box2d", env_id="LunarLanderContinuous-v3"),
+    ]
+    results = run_protocol(
+        targets,
+        {"random": RandomPolicyFactory(0)},
+        EvalConfig(backend="venv", episodes=1, rollouts=1, retries=0, num_workers=1),
+    )
+    assert sorted(r.env_id for r in results) == ["LunarLander-v3", "LunarLanderContinuous-v3"]
+    assert all(r.status == "ok" and len(r.returns) == 1 for r in results), results

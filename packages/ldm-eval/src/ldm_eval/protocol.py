@@ -219,6 +219,15 @@ class _RoutedPolicy:
         return out
 
 
+def _action_size(library: str, env_id: str) -> int:
+    """How many numbers one action of this env is on the wire (a Discrete action is one)."""
+    try:
+        space = get_library(library).env(env_id).action_space
+    except LdmEnvsError:
+        return 0  # unknown: the pool that opens it fails the slot with the reason
+    return 0 if space is None else int(np.asarray(space.to_gymnasium().sample()).size)
+
+
 def _default_workers(n_envs: int, n_libraries: int) -> int:
     cores = (
         len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -363,13 +372,17 @@ def _run_batch(
                 s.emitted = True
                 emit(s, time.monotonic() - t0)
 
-    by_library: dict[str, list[int]] = {}
+    # one worker steps its envs with one action array, so a pool holds envs of one action
+    # size (LunarLander's 1 next to LunarLanderContinuous's 2 go to two pools)
+    by_library: dict[tuple[str, int], list[int]] = {}
     for i, s in enumerate(slots):
-        by_library.setdefault(s.target.library, []).append(i)
+        key = (s.target.library, _action_size(s.target.library, s.target.env_id))
+        by_library.setdefault(key, []).append(i)
+    libraries = {library for library, _ in by_library}
     pools: list[_PoolRun] = []
     try:
-        for library, members in by_library.items():
-            workers = config.num_workers or _default_workers(len(members), len(by_library))
+        for (library, _), members in by_library.items():
+            workers = config.num_workers or _default_workers(len(members), len(libraries))
             for chunk in np.array_split(np.asarray(members), min(workers, len(members))):
                 pool, live = _open_pool(library, chunk.tolist(), slots, config, backend, console)
                 if pool is not None:
