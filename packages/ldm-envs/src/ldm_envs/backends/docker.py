@@ -181,7 +181,10 @@ class DockerBackend(Backend):
                 f"--no-install-recommends {pkgs} && rm -rf /var/lib/apt/lists/*"
             )
         lines.append("COPY ldm /opt/ldm")
-        install = f"{cert}uv pip install --python {VENV_PYTHON} -r /opt/ldm/requirements.txt" + (
+        install = (
+            f"{cert}uv pip install --compile-bytecode --python {VENV_PYTHON} "
+            "-r /opt/ldm/requirements.txt"
+        ) + (
             " --build-constraint /opt/ldm/build-constraints.txt"
             if env_block.build_constraints
             else ""

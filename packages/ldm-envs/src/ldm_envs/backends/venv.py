@@ -159,7 +159,16 @@ class VenvBackend(Backend):
             )
             reqs = path / "ldm-requirements.txt"
             reqs.write_text("\n".join(env_block.requirements) + "\n")
-            cmd = [uv, "pip", "install", "--python", str(path / "bin" / "python"), "-r", str(reqs)]
+            # bytecode now, once: every worker start imports the library (see docker.py too)
+            cmd = [
+                uv,
+                "pip",
+                "install",
+                "--compile-bytecode",
+                "--python",
+                str(path / "bin" / "python"),
+            ]
+            cmd += ["-r", str(reqs)]
             # Local packages resolve together with the pins, from a copy inside the venv: a
             # fresh path per content hash, so uv never reuses a wheel built from older sources.
             cmd += [str(p) for p in copy_local_packages(spec, path / "ldm-local")]
