@@ -237,37 +237,15 @@ def test_inside_a_workspace_the_steps_say_uv_add(tmp_path):
 def test_generated_python_passes_the_repository_lint(tmp_path):
     pytest.importorskip("ruff")
     root = _scaffold(tmp_path, name="a-library-with-a-rather-long-name-to-lint")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ruff",
-            "check",
-            "--config",
-            str(REPO / "pyproject.toml"),
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ruff",
-            "format",
-            "--check",
-            "--config",
-            str(REPO / "pyproject.toml"),
-            str(root),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    config = ["--config", str(REPO / "pyproject.toml"), str(root)]
+    for command in (["check"], ["format", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *command, *config],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, f"ruff {command}: {result.stdout}{result.stderr}"
 
 
 def test_cli_new_prints_the_next_steps_and_refuses_taken_names(tmp_path):
