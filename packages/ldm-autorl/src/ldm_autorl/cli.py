@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ldm_autorl import layout, pipeline
 from ldm_envs.errors import LdmEnvsError
+from ldm_envs.plugins import get_library
 
 app = typer.Typer(
     help="AutoRL reference policies: rank SB3 candidates, train the best on every env while "
@@ -225,6 +226,9 @@ def run(
     ex = _executor(executor, address, workers)
     data_root = _root(root)
     try:
+        spec = get_library(library)
+        for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
+            spec.env(env_id)
         pipeline.rank(
             library,
             executor=ex,
