@@ -5,16 +5,20 @@ Usage: uv run python tools/bench_sampler.py [--rows 100000] [--envs 8] [--second
 
 Writes synthetic datasets into a temporary folder: `cartpole` (8 envs, Box(4) float32 obs,
 Discrete(2) actions, `--rows` rows each), `mujoco` (4 envs, Box(17) obs, Box(6) actions) and
-`image` (2 envs, 7x7x3 uint8 obs resized to 64x64x3, Discrete(3)). Then it measures, per dataset
-and batch shape:
+`image` (2 envs, 7x7x3 uint8 obs, Discrete(3)). Then it measures, per dataset and batch shape:
 
 Each figure is the best of 5 trials (a shared machine only ever slows a trial down):
 
-- `sample`: `WindowSampler.sample()` in this process (one core);
-- `loader`: `make_loader(..., num_workers=W)`, batches consumed by this process (W+1 processes);
+- `sample`: `WindowSampler.sample()` in this process (one core). Images smaller than 64x64x3
+  come at their stored size (`Batch.image_groups`): the model resizes them on its device;
 - `anchor`: the same output arrays allocated and filled from the memory map with one
   `np.copyto` per column of one contiguous block of B x T rows: the cost of the bytes alone,
-  without windows. `sample / anchor` is what windowing costs on top of the copy.
+  without windows (images: the stored bytes). `sample / anchor` is what windowing costs on
+  top of the copy;
+- `loader`: `make_loader(..., num_workers=W)`, batches consumed by this process (W+1 processes);
+- `+host resize` (image rows only): `sample()` followed by the nearest-neighbour resize of
+  every image to 64x64x3 on the host, into one `(B, T, 64, 64, 3)` array, as the sampler did
+  before the resize moved to the model's device: what the device saves the host.
 
 The quality bar (DESIGN.md) is >= 1M transitions/s on two cores with memory bounded by the
 batch: the table also gives the batch size in MiB and how much this process's anonymous memory
@@ -43,6 +47,7 @@ from ldm_envs.dataset import ShardMeta, ShardWriter, write_decision, write_index
 from ldm_envs.spaces import BoxSpace, DiscreteSpace
 from ldm_model.batch import Batch
 from ldm_model.data import WindowSampler, make_loader
+from ldm_model.data.windows import _resize_into
 from ldm_model.tokenizer import ACT_DIMS, IMAGE_SIZE, OBS_DIMS
 
 MiB = 1024 * 1024
@@ -118,10 +123,27 @@ def write_dataset(root: Path, kind: str, envs: int, rows: int) -> int:
 
 
 def batch_bytes(batch: Batch) -> int:
-    """Bytes of every tensor of a batch."""
-    return sum(
-        v.numel() * v.element_size() for v in vars(batch).values() if hasattr(v, "element_size")
-    )
+    """Bytes of every tensor of a batch, image groups included."""
+    tensors = [v for v in vars(batch).values() if hasattr(v, "element_size")]
+    tensors += [t for g in batch.image_groups for t in (g.windows, g.frames)]
+    return sum(v.numel() * v.element_size() for v in tensors)
+
+
+def host_resize(batch: Batch) -> np.ndarray:
+    """The batch's images resized to 64x64x3 on the host (the sampler's former path)."""
+    b, t = batch.shape
+    out = np.zeros((b, t, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    lengths = batch.loss_mask.sum(dim=1).tolist() if batch.loss_mask is not None else [t] * b
+    for group in batch.image_groups:
+        frames = group.frames.numpy()
+        h, w, c = frames.shape[-3:]
+        rows = (np.arange(IMAGE_SIZE) * h // IMAGE_SIZE).astype(np.intp)
+        cols = (np.arange(IMAGE_SIZE) * w // IMAGE_SIZE).astype(np.intp)
+        chans = None if c == 3 else (np.arange(3) % c).astype(np.intp)
+        for j, i in enumerate(group.windows.tolist()):
+            n = int(lengths[i])
+            _resize_into(frames[j, :n], (rows, cols, chans), out[i, :n])
+    return out
 
 
 def timed(fn: Callable[[int], object], seconds: float, trials: int = 5) -> float:
@@ -158,9 +180,7 @@ def anchor_fn(sampler: WindowSampler, b: int, t: int) -> Callable[[int], object]
     x = cols["obs"].reshape(n, -1)
     act = cols["action"].reshape(n, -1)
     ref = cols["ref_action"].reshape(n, -1)
-    # images: the bytes of already resized images (the resize itself is windowing's cost)
-    resized = np.repeat(x, -(-IMAGE_SIZE * IMAGE_SIZE * 3 // x.shape[1]), axis=1)
-    resized = np.ascontiguousarray(resized[:, : IMAGE_SIZE * IMAGE_SIZE * 3]) if image else None
+    # images: the stored bytes (the sampler hands them over at that size)
 
     def run(_: int) -> object:
         obs = np.zeros((b * t, OBS_DIMS), np.float32)
@@ -168,11 +188,11 @@ def anchor_fn(sampler: WindowSampler, b: int, t: int) -> Callable[[int], object]
         prev_action = np.zeros((b * t, ACT_DIMS), np.float32)
         prev_reward = np.zeros(b * t, np.float32)
         prev_done = np.zeros(b * t, bool)
-        img = np.zeros((b * t, IMAGE_SIZE * IMAGE_SIZE * 3), np.uint8) if image else None
+        img = np.zeros((b * t, x.shape[1]), np.uint8) if image else None
         for lo in range(0, b * t, n):
             m = min(n, b * t - lo)
-            if img is not None and resized is not None:
-                np.copyto(img[lo : lo + m], resized[:m])
+            if img is not None:
+                np.copyto(img[lo : lo + m], x[:m])
             else:
                 np.copyto(obs[lo : lo + m, :d], x[:m])
             np.copyto(target[lo : lo + m, :k], ref[:m], casting="unsafe")
@@ -209,6 +229,7 @@ def main() -> None:
     for column in ("dataset", "B x T", "batch MiB", "sample M/s", "anchor M/s", "sample/anchor"):
         table.add_column(column, justify="right")
     table.add_column(f"loader({args.workers}) M/s", justify="right")
+    table.add_column("+host resize M/s", justify="right")
     table.add_column("+RssAnon MiB", justify="right")
     table.add_column("dataset MiB", justify="right")
     try:
@@ -229,6 +250,11 @@ def main() -> None:
                     anon = rss_anon() - anon  # what sampling left behind: the batch we hold
                     anchor = timed(anchor_fn(sampler, b, t), args.seconds)
                     per_loader = loader_rate(sampler, b, t, args.workers, args.seconds)
+                    resized = math.nan
+                    if batch.image_groups:
+                        resized = timed(
+                            lambda i, s=sampler, b=b: host_resize(s.sample(i, b)), args.seconds
+                        )
                 n = b * t
                 table.add_row(
                     kind,
@@ -238,6 +264,7 @@ def main() -> None:
                     f"{n / anchor / 1e6:.2f}",
                     f"{anchor / per:.2f}",
                     f"{n / per_loader / 1e6:.2f}",
+                    "" if math.isnan(resized) else f"{n / resized / 1e6:.2f}",
                     f"{anon / MiB:.0f}",
                     f"{size / MiB:.0f}",
                 )

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ldm_envs.dataset import (
     ShardMeta,
@@ -25,6 +26,9 @@ from ldm_envs.dataset import (
     write_ref_actions,
 )
 from ldm_envs.spaces import BoxSpace, DiscreteSpace, MultiBinarySpace, MultiDiscreteSpace
+from ldm_model.batch import Batch
+from ldm_model.data import WindowSampler
+from ldm_model.tokenizer import IMAGE_SIZE, resize_images
 
 SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
 
@@ -66,6 +70,21 @@ IMAGE = EnvSpec(
     DiscreteSpace(n=3),
 )
 DEFAULT_ENVS = (VECTOR_DISCRETE, VECTOR_BOX)
+
+
+def pixels(shape: tuple[int, int, int]) -> BoxSpace:
+    """A uint8 image observation space."""
+    return BoxSpace(shape=shape, dtype="uint8", low=0, high=255)
+
+
+#: a vector env, 7x7x3 images in 30-row runs (padded windows), 5x5x1 images (both smaller than
+#: 64x64x3: at stored size in batches) and 70x66x3 images (resized on the host)
+MIXED_IMAGES = (
+    VECTOR_DISCRETE,
+    EnvSpec("pixels", "Image-v0", pixels((7, 7, 3)), DiscreteSpace(n=3), runs=(30,)),
+    EnvSpec("pixels", "Gray-v0", pixels((5, 5, 1)), DiscreteSpace(n=2)),
+    EnvSpec("pixels", "Big-v0", pixels((70, 66, 3)), DiscreteSpace(n=2)),
+)
 
 
 def sample_space(space: SpaceModel, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -165,3 +184,39 @@ def make_dataset(
             )
     write_index(root)
     return paths
+
+
+def host_resized(batch: Batch) -> Batch:
+    """`batch` with its `image_groups` resized on the host into `image` (the reference path).
+
+    `resize_images` (numpy) resizes every group's frames, padding included (zeros stay zeros);
+    the result has no groups, and an `image` tensor when the batch has any image.
+    """
+    if not batch.image_groups:
+        return batch
+    b, t = batch.shape
+    image = (
+        batch.image.clone()
+        if batch.image is not None
+        else torch.zeros((b, t, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=torch.uint8)
+    )
+    for group in batch.image_groups:
+        resized = resize_images(group.frames.cpu().numpy())
+        image[group.windows.cpu()] = torch.from_numpy(resized).to(image.device)
+    return replace(batch, image=image, image_groups=[])
+
+
+def mixed_image_batch(root: Path, context: int = 64) -> Batch:
+    """8 windows over `MIXED_IMAGES` (written under `root`), each image kind more than once.
+
+    Windows: 0, 3, 6 5x5x1; 1, 5 7x7x3 (30 rows: padded past 30); 2, 7 vector; 4 70x66x3.
+    """
+    make_dataset(root, envs=MIXED_IMAGES)
+    sampler = WindowSampler(root, context=context)
+    run = {Path(p).parent.name: r for r, p in enumerate(sampler.run_paths)}
+    envs = ("Gray-v0", "Image-v0", "VecDiscrete-v0", "Big-v0")
+    order = [0, 1, 2, 0, 3, 1, 0, 2]
+    starts = [0, 0, 10, 200, 5, 0, 100, 0]
+    batch = sampler.build(np.array([run[envs[k]] for k in order]), np.array(starts))
+    sampler.close()
+    return batch

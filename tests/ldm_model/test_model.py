@@ -9,8 +9,9 @@ import torch
 from ldm_envs.spaces import BoxSpace, DiscreteSpace
 from ldm_model.batch import Batch
 from ldm_model.config import get_config
-from ldm_model.model import LDM
-from ldm_model.tokenizer import SpaceCodec
+from ldm_model.model import LDM, resize_frames
+from ldm_model.tokenizer import IMAGE_SIZE, SpaceCodec, resize_images
+from tests.ldm_model.datasets import host_resized, mixed_image_batch
 
 
 def _batch(codec: SpaceCodec, b: int = 2, t: int = 6, seed: int = 0) -> Batch:
@@ -120,3 +121,45 @@ def test_image_observations_go_through_the_encoder(model: LDM) -> None:
     assert not torch.allclose(model(other).logits, base, atol=1e-6)
     loss = LDM(get_config("tiny")).loss(batch)
     loss.loss.backward()
+
+
+def test_images_resized_on_the_device_equal_the_host_resize(model: LDM, tmp_path) -> None:
+    """Groups at stored size (7x7x3, 5x5x1) resized by the model, mixed with host-resized
+    70x66x3 images, vector windows and padded windows: the logits and the loss of the
+    host-resized batch, bit for bit (the encoder sees the same frames in the same order)."""
+    batch = mixed_image_batch(tmp_path)
+    assert len(batch.image_groups) == 2 and batch.image is not None
+    assert not batch.loss_mask[1, 30:].any()  # a padded image window
+    host = host_resized(batch)
+    assert host.image_groups == [] and host.image is not None
+    dtype = model.merge.weight.dtype
+    with torch.no_grad():
+        features = model.embed_images(batch, dtype)
+        assert torch.equal(features, model.embed_images(host, dtype))
+        assert features[[0, 1, 3, 4, 5, 6]].abs().sum(-1).gt(0).all()
+        assert not features[[2, 7]].any()
+        assert torch.equal(model(batch).logits, model(host).logits)
+        assert torch.equal(model.loss(batch).loss, model.loss(host).loss)
+    # the groups' path trains the encoder like the host path
+    grads = []
+    for b in (batch, host):
+        model.zero_grad()
+        model.loss(b).loss.backward()
+        grads.append([p.grad.clone() for p in model.image_encoder.parameters()])
+    model.zero_grad()
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # micro-batches (Batch.select) sum to the whole batch
+    whole = model.loss_terms(batch)[0]
+    parts = sum(model.loss_terms(batch.select(slice(a, a + 3)))[0] for a in (0, 3, 6))
+    torch.testing.assert_close(parts, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_resize_frames_matches_resize_images() -> None:
+    g = torch.Generator().manual_seed(0)
+    for shape in [(7, 7, 3), (5, 5, 1), (3, 3, 2), (10, 70, 4), (64, 64, 3), (1, 1, 1)]:
+        frames = torch.randint(0, 256, (2, 3, *shape), generator=g, dtype=torch.uint8)
+        want = resize_images(frames.numpy())
+        got = resize_frames(frames, IMAGE_SIZE)
+        assert got.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE, 3)
+        np.testing.assert_array_equal(got.numpy(), want)

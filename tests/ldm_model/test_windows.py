@@ -11,7 +11,7 @@ import torch
 
 from ldm_envs.dataset import ShardReader, write_index
 from ldm_envs.spaces import BoxSpace, DiscreteSpace, MultiDiscreteSpace
-from ldm_model.batch import Batch
+from ldm_model.batch import Batch, ImageGroup
 from ldm_model.data import WindowSampler, make_loader
 from ldm_model.tokenizer import ACT_DIMS, OBS_DIMS, resize_images
 from tests.ldm_model.datasets import (
@@ -19,7 +19,10 @@ from tests.ldm_model.datasets import (
     VECTOR_BOX,
     VECTOR_DISCRETE,
     EnvSpec,
+    host_resized,
     make_dataset,
+    mixed_image_batch,
+    pixels,
     write_run,
 )
 
@@ -91,6 +94,7 @@ def expected_window(sampler: WindowSampler, run: int, start: int) -> dict[str, n
 
 
 def assert_window(batch: Batch, i: int, expected: dict[str, np.ndarray]) -> None:
+    batch = host_resized(batch)
     for name, want in expected.items():
         got = getattr(batch, name)
         if name == "image" and got is None:
@@ -99,10 +103,23 @@ def assert_window(batch: Batch, i: int, expected: dict[str, np.ndarray]) -> None
         np.testing.assert_array_equal(got[i].numpy(), want, err_msg=name)
 
 
+def groups_by_shape(batch: Batch) -> dict[tuple[int, ...], ImageGroup]:
+    groups = {tuple(g.frames.shape[2:]): g for g in batch.image_groups}
+    assert len(groups) == len(batch.image_groups), "one group per shape"
+    return groups
+
+
 def assert_batches_equal(a: Batch, b: Batch) -> None:
     for field in dataclasses.fields(Batch):
         x, y = getattr(a, field.name), getattr(b, field.name)
-        if x is None or y is None:
+        if field.name == "image_groups":
+            ga, gb = groups_by_shape(a), groups_by_shape(b)
+            assert ga.keys() == gb.keys(), field.name
+            for shape, g in ga.items():
+                assert torch.equal(g.windows, gb[shape].windows), shape
+                assert torch.equal(g.frames, gb[shape].frames), shape
+                assert g.windows.dtype == torch.int64 and g.frames.dtype == torch.uint8
+        elif x is None or y is None:
             assert x is None and y is None, field.name
         else:
             assert x.dtype == y.dtype and torch.equal(x, y), field.name
@@ -111,8 +128,23 @@ def assert_batches_equal(a: Batch, b: Batch) -> None:
 def concat(batches: list[Batch]) -> Batch:
     out = {}
     for field in dataclasses.fields(Batch):
+        if field.name == "image_groups":
+            continue
         values = [getattr(b, field.name) for b in batches]
         out[field.name] = None if values[0] is None else torch.cat(values)
+    # the groups of each shape, windows shifted by the rows of the batches before
+    parts: dict[tuple[int, ...], list[ImageGroup]] = {}
+    offset = 0
+    for b in batches:
+        for g in b.image_groups:
+            parts.setdefault(tuple(g.frames.shape[2:]), []).append(
+                ImageGroup(g.windows + offset, g.frames)
+            )
+        offset += b.shape[0]
+    out["image_groups"] = [
+        ImageGroup(torch.cat([g.windows for g in gs]), torch.cat([g.frames for g in gs]))
+        for gs in parts.values()
+    ]
     return Batch(**out)
 
 
@@ -188,18 +220,26 @@ def test_discrete_starts_are_removed(sampler):
     assert batch.act_discrete[0, 0] and batch.act_high[0, 0] == 3
 
 
-def test_image_windows_are_resized(sampler):
+def test_small_images_keep_their_stored_size(sampler):
     run = run_of(sampler, "Image-v0")
     vec = run_of(sampler, "VecBox-v0")
-    batch = sampler.build(np.array([run, vec]), np.array([5, 0]))
-    reader = ShardReader(sampler.root / sampler.run_paths[run])
-    want = resize_images(reader.column("obs")[5 : 5 + T])
-    assert batch.image is not None and batch.image.shape == (2, T, 64, 64, 3)
-    np.testing.assert_array_equal(batch.image[0].numpy(), want)
-    assert not batch.image[1].any() and not batch.obs[0].any()
-    assert batch.has_image.tolist() == [True, False]
-    # no image in the batch: no image tensor
-    assert sampler.build(np.array([vec]), np.array([0])).image is None
+    batch = sampler.build(np.array([vec, run, run]), np.array([0, 5, 80]))
+    obs = ShardReader(sampler.root / sampler.run_paths[run]).column("obs")
+    # 7x7x3 travels as stored (the model resizes it): no 64x64x3 tensor
+    assert batch.image is None and len(batch.image_groups) == 1
+    (group,) = batch.image_groups
+    assert group.windows.tolist() == [1, 2] and group.frames.shape == (2, T, 7, 7, 3)
+    np.testing.assert_array_equal(group.frames[0].numpy(), obs[5 : 5 + T])
+    # the second window is 40 rows long: zero images past its end
+    np.testing.assert_array_equal(group.frames[1, :40].numpy(), obs[80:120])
+    assert not group.frames[1, 40:].any()
+    assert batch.has_image.tolist() == [False, True, True] and not batch.obs[1:].any()
+    resized = host_resized(batch).image
+    np.testing.assert_array_equal(resized[1].numpy(), resize_images(obs[5 : 5 + T]))
+    assert not resized[0].any()
+    # no image in the batch: neither
+    vector = sampler.build(np.array([vec]), np.array([0]))
+    assert vector.image is None and vector.image_groups == []
 
 
 # -- drawing ----------------------------------------------------------------------------------
@@ -262,13 +302,25 @@ def test_rank_shares_concatenate_to_the_global_batch(sampler):
         sampler.sample(7, 8, rank=4, world=4)
 
 
-def test_image_tensor_on_every_rank_when_any_window_has_one(sampler):
+@pytest.mark.parametrize("shape", [(7, 7, 3), (64, 64, 3)])
+def test_image_tensor_on_every_rank_when_any_window_is_resized_on_the_host(tmp_path, shape):
+    spec = dataclasses.replace(IMAGE, observation_space=pixels(shape))
+    make_dataset(tmp_path, envs=(VECTOR_DISCRETE, spec))
+    sampler = WindowSampler(tmp_path, context=8)
     image_run = run_of(sampler, "Image-v0")
     step = next(
         s for s in range(1000) if (sampler.draw(s, 2).runs == image_run).tolist() == [True, False]
     )
+    mine = sampler.sample(step, 2, rank=0, world=2)
     other = sampler.sample(step, 2, rank=1, world=2)
-    assert other.image is not None and not other.image.any() and not other.has_image.any()
+    assert mine.has_image.tolist() == [True] and not other.has_image.any()
+    assert other.image_groups == []
+    if shape == (64, 64, 3):  # resized (copied) on the host: a zero tensor on the other rank
+        assert mine.image is not None and mine.image_groups == []
+        assert other.image is not None and not other.image.any()
+    else:  # at stored size: only on the rank that has the window
+        assert mine.image is None and len(mine.image_groups) == 1
+        assert other.image is None
 
 
 def test_determinism(root, sampler):
@@ -385,8 +437,12 @@ def test_image_shapes_match_resize_images(tmp_path, shape):
     sampler = WindowSampler(tmp_path, context=24)
     batch = sampler.build(np.array([0, 0]), np.array([0, 10]))
     obs = ShardReader(tmp_path / sampler.run_paths[0]).column("obs")
-    np.testing.assert_array_equal(batch.image[0].numpy(), resize_images(obs[:24]))
-    np.testing.assert_array_equal(batch.image[1].numpy(), resize_images(obs[10:34]))
+    # fewer bytes than 64x64x3: at stored size, resized by the model; others on the host
+    assert bool(batch.image_groups) == (math.prod(shape) < 64 * 64 * 3)
+    assert (batch.image is None) == bool(batch.image_groups)
+    image = host_resized(batch).image
+    np.testing.assert_array_equal(image[0].numpy(), resize_images(obs[:24]))
+    np.testing.assert_array_equal(image[1].numpy(), resize_images(obs[10:34]))
     assert batch.has_image.all() and not batch.obs.any()
 
 
@@ -412,6 +468,32 @@ def test_compact_packing_gives_the_same_batches(tmp_path):
     assert len(kinds) >= 3
 
 
+def test_select_to_and_pin_memory_carry_the_image_groups(tmp_path):
+    batch = mixed_image_batch(tmp_path, context=T)
+    shapes = {tuple(g.frames.shape[2:]): g.windows.tolist() for g in batch.image_groups}
+    assert shapes == {(5, 5, 1): [0, 3, 6], (7, 7, 3): [1, 5]}
+    assert batch.image is not None and batch.image[4].any() and not batch.image[0].any()
+    whole = host_resized(batch)
+    for rows in (slice(0, 3), slice(3, 8), slice(2, 4), slice(4, 5), slice(1, 8, 2)):
+        part = batch.select(rows)
+        assert part.shape == (len(range(8)[rows]), T)
+        assert_batches_equal(host_resized(part), whole.select(rows))
+        for g in part.image_groups:  # views of the slice's windows, renumbered from 0
+            assert len(g.windows) and (g.windows >= 0).all() and (g.windows < part.shape[0]).all()
+    assert batch.select(slice(4, 5)).image_groups == []  # only the 70x66x3 window
+    moved = batch.to("meta")
+    assert [g.windows.device.type for g in moved.image_groups] == ["meta", "meta"]
+    assert [g.frames.device.type for g in moved.image_groups] == ["meta", "meta"]
+    assert_batches_equal(batch.to("cpu"), batch)
+    if torch.cuda.is_available():
+        pinned = batch.pin_memory()
+        assert all(g.frames.is_pinned() and g.windows.is_pinned() for g in pinned.image_groups)
+        assert_batches_equal(pinned, batch)
+        on_gpu = pinned.to("cuda", non_blocking=True)
+        assert all(g.frames.is_cuda for g in on_gpu.image_groups)
+        assert_batches_equal(on_gpu.to("cpu"), batch)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA for pinned memory")
 def test_pinned_batches(sampler):
@@ -420,6 +502,7 @@ def test_pinned_batches(sampler):
     assert_batches_equal(pinned, sampler.sample(4, 8))
     assert pinned.obs.is_pinned() and pinned.target.is_pinned()
     assert pinned.image is None or pinned.image.is_pinned()
+    assert all(g.frames.is_pinned() and g.windows.is_pinned() for g in pinned.image_groups)
     loader = make_loader(
         sampler, batch_size=8, start_step=4, steps=1, num_workers=1, pin_memory=True
     )

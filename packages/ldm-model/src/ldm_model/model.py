@@ -3,9 +3,11 @@
 One transition is one token. Its embedding merges, by one linear layer, the embeddings of
 observation t (each real dim looked up in the bin table or the discrete table; an image through
 the convolutional encoder) with those of action, reward and termination of t-1 (zero where there
-is no previous transition). The backbone is `transformers.LlamaModel` fed with `inputs_embeds`,
-so attention, RoPE and the KV cache are the well-kept implementation's; the decoder is one
-linear layer giving `n_bins` logits for each of the 28 action dims.
+is no previous transition). Images smaller than 64x64x3 arrive at their stored size
+(`Batch.image_groups`) and are resized here, on the model's device, right before the encoder.
+The backbone is `transformers.LlamaModel` fed with `inputs_embeds`, so attention, RoPE and the
+KV cache are the well-kept implementation's; the decoder is one linear layer giving `n_bins`
+logits for each of the 28 action dims.
 """
 
 from __future__ import annotations
@@ -21,6 +23,22 @@ from transformers import LlamaConfig, LlamaModel
 from ldm_model.batch import Batch
 from ldm_model.config import ModelConfig
 from ldm_model.tokenizer import value_bins
+
+
+def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Nearest-neighbour resize of uint8 `(..., H, W, C)` to `(..., size, size, 3)` on its device.
+
+    The same pixels as `ldm_model.tokenizer.resize_images` (source row `i * H // size`, column
+    `j * W // size`, channel `k % C`): columns and channels first (the small array), then rows.
+    """
+    h, w, c = frames.shape[-3:]
+    if (h, w, c) == (size, size, 3):
+        return frames
+    dev = frames.device
+    out = frames.index_select(-2, torch.arange(size, device=dev) * w // size)
+    if c != 3:
+        out = out.index_select(-1, torch.arange(3, device=dev) % c)
+    return out.index_select(-3, torch.arange(size, device=dev) * h // size)
 
 
 class ImageEncoder(nn.Module):
@@ -133,15 +151,50 @@ class LDM(nn.Module):
         act = self.values(act_ids) * (batch.act_mask[:, None, :, None].to(dtype) * prev[..., None])
         reward = self.values(value_bins(batch.prev_reward, c.n_bins)) * prev
         done = self.done(batch.prev_done.long()) * prev
-        image = torch.zeros(b, t, c.image_dim, dtype=dtype, device=batch.obs.device)
-        if batch.image is not None and batch.has_image is not None and bool(batch.has_image.any()):
-            rows = batch.has_image.nonzero(as_tuple=True)[0]
-            frames = batch.image[rows].reshape(-1, *batch.image.shape[2:])
-            image[rows] = self.image_encoder(frames).reshape(len(rows), t, -1).to(dtype)
+        image = self.embed_images(batch, dtype)
         merged = torch.cat(
             [obs.reshape(b, t, -1), act.reshape(b, t, -1), reward, done, image], dim=-1
         )
         return self.merge(merged)
+
+    def embed_images(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+        """Image features `(B, T, image_dim)`, zero for windows without an image.
+
+        The frames of the image windows (`batch.image`'s rows, and the `image_groups` resized
+        here) go through the encoder in one call, in window order: the features equal those of
+        the same images resized on the host. A batch without image windows does not run the
+        encoder (under DDP, the trainer's `find_unused_parameters` covers such a rank).
+        """
+        c = self.config
+        b, t = batch.shape
+        image = torch.zeros(b, t, c.image_dim, dtype=dtype, device=batch.obs.device)
+        # (windows, frames at image_size) of each source of images
+        sources: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if batch.image is not None and batch.has_image is not None:
+            full = batch.has_image  # windows whose image is in `batch.image`
+            if batch.image_groups:
+                full = full.clone()
+                for g in batch.image_groups:
+                    full[g.windows] = False
+            if bool(full.any()):
+                rows = full.nonzero(as_tuple=True)[0]
+                sources.append((rows, batch.image[rows]))
+        for g in batch.image_groups:
+            sources.append((g.windows, resize_frames(g.frames, c.image_size)))
+        if not sources:
+            return image
+        if len(sources) == 1:
+            rows, frames = sources[0]
+        else:
+            rows = torch.cat([w for w, _ in sources]).sort().values
+            frames = torch.empty(
+                (len(rows), *sources[0][1].shape[1:]), dtype=torch.uint8, device=image.device
+            )
+            for windows, part in sources:
+                frames[torch.searchsorted(rows, windows)] = part
+        features = self.image_encoder(frames.reshape(-1, *frames.shape[2:]))
+        image[rows] = features.reshape(len(rows), t, -1).to(dtype)
+        return image
 
     # -- forward --------------------------------------------------------------------------------
 

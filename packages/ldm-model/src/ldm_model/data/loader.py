@@ -9,7 +9,8 @@ Why workers send `PackedBatch`es rather than `Batch`es: a tensor leaving a worke
 shared memory page by page, and a padded batch (128 obs dims, 28 action dims) is ~25x the bytes
 of a CartPole one; measured, the transfer cost 5-10x the building. Workers send the compact
 numpy arrays through the pipe and the loader pads them in the trainer's process, straight into
-pinned memory when asked (one copy instead of two).
+pinned memory when asked (one copy instead of two). Images smaller than 64x64x3 are not resized
+on the way: they reach the model's device at their stored size (`Batch.image_groups`).
 """
 
 from __future__ import annotations

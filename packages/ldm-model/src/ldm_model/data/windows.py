@@ -14,10 +14,14 @@ cores, memory bounded by the batch):
   tensors without a copy. No per-row Python and no concatenation across record batches.
 - Values stay raw (see `ldm_model.tokenizer`): the host only subtracts the discrete starts; the
   model bins on its device.
+- Images smaller than 64x64x3 stay at their stored size, one `ImageGroup` per shape, and the
+  model resizes them on its device: resizing a MiniGrid 7x7x3 image on the host turns 147 bytes
+  into 12 KB and capped sampling at 0.1M transitions/s. Larger images are resized on the host
+  (the resized copy is the smaller one), 64x64x3 ones copied.
 - Padding is the costliest part of a batch (a CartPole transition is ~30 bytes, padded ~750),
-  so `pack()` can build the windows compact (widths of the widest env of the batch, small
-  images at their stored size) and `PackedBatch.to_batch()` pads later: DataLoader workers send
-  compact batches and the trainer's process pads them (see `ldm_model.data.loader`).
+  so `pack()` can build the windows compact (widths of the widest env of the batch) and
+  `PackedBatch.to_batch()` pads later: DataLoader workers send compact batches and the
+  trainer's process pads them (see `ldm_model.data.loader`).
 - Open shards live in an LRU (`max_open_shards`); the views of a record batch are made on
   first use. Nothing is read whole: memory is the batch plus page cache the kernel may drop.
 - Everything random is drawn up front from `np.random.default_rng([seed, step])` for the whole
@@ -45,7 +49,7 @@ import torch
 from ldm_envs.dataset import ShardReader, read_index
 from ldm_envs.paths import dataset_root
 from ldm_envs.spaces import space_from_dict
-from ldm_model.batch import Batch
+from ldm_model.batch import Batch, ImageGroup
 from ldm_model.tokenizer import ACT_DIMS, IMAGE_SIZE, OBS_DIMS, SpaceCodec, TokenizationError
 
 Weighting = Literal["transitions", "env", "library"]
@@ -101,6 +105,11 @@ def _layout(codec: SpaceCodec) -> _Layout:
     obs_start = codec.obs_start if codec.obs_start.any() else None
     act_start = codec.act_start if codec.act_start.any() else None
     return _Layout(codec.obs_dims, codec.act_dims, obs_start, act_start, resize)
+
+
+def _raw_image(shape: tuple[int, ...]) -> bool:
+    """Images of fewer bytes than 64x64x3 travel at their stored size (resized by the model)."""
+    return math.prod(shape) < IMAGE_SIZE * IMAGE_SIZE * 3
 
 
 def _resize_into(
@@ -170,14 +179,12 @@ class _OpenShard:
 
 @dataclass
 class RawImages:
-    """Image windows of one env left at their stored size, resized by `PackedBatch.to_batch`."""
+    """Image windows of one stored shape at that size: `ImageGroup` of the `Batch`."""
 
-    #: int64 (k,): the windows (rows of the batch) they belong to.
+    #: int64 (k,): the windows (rows of the batch) they belong to, ascending.
     windows: np.ndarray
     #: uint8 (k, T, H, W, C), zero on padding.
     images: np.ndarray
-    #: `_Layout.image_resize` of their env.
-    resize: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None
 
 
 @dataclass
@@ -185,10 +192,10 @@ class PackedBatch:
     """A batch as numpy arrays, before the padding that `to_batch` adds.
 
     Observation and action widths are `OBS_DIMS`/`ACT_DIMS` (then `to_batch` copies nothing)
-    or, compact, those of the widest env of the batch; compact image windows smaller than
-    64x64x3 stay at their stored size (`raw_images`). Compact is what crosses from a DataLoader
-    worker to the trainer's process: a padded CartPole batch is ~25x the bytes, a resized
-    7x7x3 image ~80x.
+    or, compact, those of the widest env of the batch. Compact is what crosses from a
+    DataLoader worker to the trainer's process: a padded CartPole batch is ~25x the bytes.
+    Image windows smaller than 64x64x3 stay at their stored size (`raw_images`, one per shape)
+    in every case: `to_batch` hands them over as `ImageGroup`s, the model resizes them.
     """
 
     obs: np.ndarray  # float32 (B, T, width)
@@ -201,9 +208,10 @@ class PackedBatch:
     has_image: np.ndarray  # bool (B,)
     env_index: np.ndarray  # int64 (B,)
     tables: dict[str, np.ndarray]  # per-window codec tables, (B, OBS_DIMS) or (B, ACT_DIMS)
-    #: the batch has an `image` tensor (some window of the global batch is an image)
+    #: the batch has an `image` tensor (some window of the global batch is an image resized on
+    #: the host)
     with_image: bool = False
-    #: uint8 (B, T, 64, 64, 3): the resized images, or None (none resized yet)
+    #: uint8 (B, T, 64, 64, 3): the images resized on the host, or None (zeros if `with_image`)
     image: np.ndarray | None = None
     raw_images: list[RawImages] = field(default_factory=list)
 
@@ -238,18 +246,10 @@ class PackedBatch:
             return out
 
         image: torch.Tensor | None = None
-        if self.raw_images or (self.with_image and self.image is None):
-            if self.image is None:
-                image, view = zeros((b, t, IMAGE_SIZE, IMAGE_SIZE, 3), np.dtype(np.uint8))
-            else:
-                image = tensor(self.image)
-                view = image.numpy()
-            for group in self.raw_images:
-                for j, w in enumerate(group.windows.tolist()):
-                    n = int(self.lengths[w])
-                    _resize_into(group.images[j, :n], group.resize, view[w, :n])
-        elif self.image is not None:
+        if self.image is not None:
             image = tensor(self.image)
+        elif self.with_image:
+            image, _ = zeros((b, t, IMAGE_SIZE, IMAGE_SIZE, 3), np.dtype(np.uint8))
         return Batch(
             obs=tensor(self.obs, OBS_DIMS),
             prev_action=tensor(self.prev_action, ACT_DIMS),
@@ -262,6 +262,7 @@ class PackedBatch:
             has_image=tensor(self.has_image),
             env_index=tensor(self.env_index),
             **{name: tensor(value) for name, value in self.tables.items()},
+            image_groups=[ImageGroup(tensor(g.windows), tensor(g.images)) for g in self.raw_images],
         )
 
 
@@ -448,6 +449,10 @@ class WindowSampler:
             name: np.stack([getattr(c, name) for c in self._codecs]) for name in _TABLES
         }
         self._codec_image = np.array([c.image_shape is not None for c in self._codecs])
+        #: images resized on the host into `Batch.image` (the others travel at stored size)
+        self._codec_full_image = np.array(
+            [c.image_shape is not None and not _raw_image(c.image_shape) for c in self._codecs]
+        )
         self._obs_dims = np.array([c.obs_dims for c in self._codecs], np.int64)
         self._act_dims = np.array([c.act_dims for c in self._codecs], np.int64)
 
@@ -512,8 +517,11 @@ class WindowSampler:
 
         Rank `r` gets windows `r * B/world .. (r+1) * B/world - 1` of the global batch, so the
         ranks' batches concatenated equal the `world=1` batch. `image` is present on every rank
-        as soon as one window of the global batch is an image, so that all DDP ranks run the
-        same modules.
+        as soon as one window of the global batch is an image resized on the host (64x64x3
+        bytes or more), so that the ranks' batches have the same tensors; images at their
+        stored size (`image_groups`) are on the ranks whose windows have them. A rank without
+        image windows does not run the image encoder either way (the trainer's DDP finds the
+        unused parameters).
 
         Raises:
             ValueError: `batch_size` is not a multiple of `world`, `rank` is out of range, or
@@ -543,7 +551,7 @@ class WindowSampler:
         drawn = self.draw(step, batch_size)
         share = batch_size // world
         part = slice(rank * share, (rank + 1) * share)
-        images = bool(self._codec_image[self._run_codec[drawn.runs]].any())
+        images = bool(self._codec_full_image[self._run_codec[drawn.runs]].any())
         return self._pack(drawn.runs[part], drawn.starts[part], images=images, compact=compact)
 
     # -- building ---------------------------------------------------------------------------
@@ -575,7 +583,8 @@ class WindowSampler:
         Args:
             runs: int (B,) run indices (into `run_paths`).
             starts: int (B,) first rows.
-            images: give an `image` tensor (None: when some window is an image).
+            images: give an `image` tensor (None: when some window has an image of 64x64x3
+                bytes or more; smaller images are in `image_groups` at their stored size).
         """
         return self._pack(runs, starts, images=images, compact=False).to_batch()
 
@@ -587,8 +596,9 @@ class WindowSampler:
         b, t = len(runs), self.context
         codecs = self._run_codec[runs]
         is_image = self._codec_image[codecs]
+        full = self._codec_full_image[codecs]  # resized on the host into `image`
         if images is None:
-            images = bool(is_image.any())
+            images = bool(full.any())
         lengths = np.minimum(self._rows[runs] - starts, t)
         if (starts < 0).any() or (lengths < 1).any():
             raise ValueError("a window starts outside its shard")
@@ -602,29 +612,24 @@ class WindowSampler:
         target = np.zeros((b, t, act_width), np.float32)
         prev_reward = np.zeros((b, t), np.float32)
         prev_done = np.zeros((b, t), np.bool_)
-        # where each window's images go: resized into `image`, or raw into a group's array
+        # where each window's images go: raw into its shape's group, or resized into `image`
         image_dst: list[np.ndarray | None] = [None] * b
         raw_groups: list[RawImages] = []
-        resized = is_image.copy()
-        if compact:
-            for c in np.unique(codecs[is_image]).tolist():
-                shape = self._codecs[c].image_shape
-                if shape is None or math.prod(shape) >= IMAGE_SIZE * IMAGE_SIZE * 3:
-                    continue
-                windows = np.flatnonzero(codecs == c)
-                group = RawImages(
-                    windows,
-                    np.zeros((len(windows), t, *shape), np.uint8),
-                    self._layouts[c].image_resize,
-                )
-                raw_groups.append(group)
-                resized[windows] = False
-                for j, w in enumerate(windows.tolist()):
-                    image_dst[w] = group.images[j]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for c in np.unique(codecs[is_image & ~full]).tolist():
+            shape = self._codecs[c].image_shape
+            assert shape is not None
+            by_shape.setdefault(shape, []).append(c)
+        for shape, members in by_shape.items():
+            windows = np.flatnonzero(np.isin(codecs, members))
+            group = RawImages(windows, np.zeros((len(windows), t, *shape), np.uint8))
+            raw_groups.append(group)
+            for j, w in enumerate(windows.tolist()):
+                image_dst[w] = group.images[j]
         image = None
-        if resized.any() or (images and not compact):
+        if full.any() or (images and not compact):
             image = np.zeros((b, t, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-            for w in np.flatnonzero(resized).tolist():
+            for w in np.flatnonzero(full).tolist():
                 image_dst[w] = image[w]
         for i in range(b):
             self._fill(
