@@ -454,3 +454,26 @@ def test_candidate_config_is_validated_on_construction():
     with pytest.raises(CandidateError, match="duplicate name"):
         reg.add(c)
     assert reg.compatible_with(CARTPOLE, PENDULUM_ACT) == [c]
+
+
+def test_work_per_transition_orders_replay_learners_first():
+    reg = registry()
+    cost = {name: reg.get(name).work_per_transition for name in reg.names()}
+    # SB3 defaults: SAC replays a 256-sample batch every step, PPO revisits each transition in
+    # 10 epochs, A2C once, ARS takes no gradient step
+    assert cost["sac-default"] == pytest.approx(256.0)
+    assert cost["ppo-default"] == pytest.approx(10.0)
+    assert cost["a2c-default"] == pytest.approx(1.0)
+    assert cost["dqn-default"] == pytest.approx(32 / 4)  # train_freq 4, batch 32
+    assert cost["dqn-zoo"] == pytest.approx(64 * 128 / 256)  # gradient_steps 128 every 256
+    assert min(cost[n] for n in cost if n.startswith(("sac", "td3", "ddpg", "tqc"))) > max(
+        cost[n] for n in cost if n.startswith(("ppo", "a2c", "trpo", "ars", "dqn", "qrdqn"))
+    )
+    episodic = CandidateConfig(
+        name="td3-episodic",
+        algorithm="TD3",
+        hyperparams={"train_freq": [1, "episode"], "gradient_steps": -1, "batch_size": 100},
+        observation=["vector"],
+        action=["box"],
+    )
+    assert episodic.work_per_transition == pytest.approx(100.0)  # one update per step collected

@@ -138,6 +138,33 @@ def test_filter_tags_runs_and_builds_the_index(ranked, root):
     assert "kept transitions" in result.output
 
 
+def test_the_costliest_runs_are_planned_first(tmp_path):
+    spec = library_registry().get("toy")
+    reg = pipeline.candidate_registry()
+    pairs = pipeline.compatible_pairs(
+        spec, spec.ranking_envs, [reg.get(n) for n in ("a2c-default", "sac-default", "ars-default")]
+    )
+    tasks, done = pipeline._plan(
+        "ranking",
+        spec,
+        pairs,
+        seeds=(0, 1),
+        budget=100,
+        root=tmp_path,
+        record=False,
+        backend="venv",
+        parent_run_id=None,
+        timeout_s=60,
+    )
+    order = [t.kwargs["candidate"] for t in tasks]
+    assert not done and len(order) == 2 * len(pairs)
+    # SAC (replay, 256 samples a step) before A2C before ARS (no gradients), whatever the env
+    first_a2c, first_ars = order.index("a2c-default"), order.index("ars-default")
+    assert set(order[:first_a2c]) == {"sac-default"}
+    assert set(order[first_a2c:first_ars]) == {"a2c-default"}
+    assert set(order[first_ars:]) == {"ars-default"}
+
+
 def test_candidates_cli_explains_incompatibility():
     result = CliRunner().invoke(app, ["candidates", "toy"])
     assert result.exit_code == 0, result.output

@@ -202,6 +202,36 @@ class CandidateConfig(BaseModel):
 
         return issubclass(self.algorithm_class(), OffPolicyAlgorithm)
 
+    @property
+    def work_per_transition(self) -> float:
+        """Samples pushed through a gradient update per env transition, a relative cost.
+
+        The executors start the costliest runs first so that a stage does not end with one core
+        finishing a slow SAC run while the others idle: an off-policy learner replays
+        `batch_size * gradient_steps` samples every `train_freq * n_envs` transitions (SAC's
+        defaults: 256 per transition), PPO revisits each transition `n_epochs` times, A2C once.
+        """
+        params = inspect.signature(self.algorithm_class().__init__).parameters
+
+        def value(key: str, default: Any) -> Any:
+            if key in self.hyperparams:
+                return self.hyperparams[key]
+            param = params.get(key)
+            return default if param is None or param.default is param.empty else param.default
+
+        if not self.off_policy:
+            for passes in ("n_epochs", "n_critic_updates"):  # PPO; TRPO's critic
+                if passes in params:
+                    return float(value(passes, 1))
+            return 1.0 if "n_steps" in params else 0.1  # A2C; ARS learns without gradients
+        freq = value("train_freq", 1)
+        steps, unit = (freq[0], freq[1]) if isinstance(freq, (list, tuple)) else (freq, "step")
+        per_update = float(steps) * (100 if str(unit).startswith("episode") else 1) * self.n_envs
+        gradient_steps = float(value("gradient_steps", 1))
+        if gradient_steps < 0:
+            gradient_steps = per_update
+        return float(value("batch_size", 256)) * gradient_steps / max(per_update, 1.0)
+
     def compatibility(
         self, observation_space: SpaceLike, action_space: SpaceLike
     ) -> tuple[bool, str]:

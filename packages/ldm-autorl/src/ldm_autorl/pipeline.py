@@ -92,7 +92,9 @@ def _plan(
     parent_run_id: str | None,
     timeout_s: float,
 ) -> tuple[list[TaskSpec], list[RunResult]]:
-    tasks, done = [], []
+    tasks: list[TaskSpec] = []
+    done: list[RunResult] = []
+    costs: dict[str, float] = {}
     for env_id, cand in pairs:
         for seed in seeds:
             path = layout.result_path(root, stage, spec.name, env_id, cand.name, seed, budget)
@@ -120,6 +122,10 @@ def _plan(
                     retries=1,
                 )
             )
+            costs[tasks[-1].key] = cand.work_per_transition
+    # Costliest first (longest-processing-time scheduling): the slow off-policy runs start at
+    # once instead of trailing at the end of the stage with the other workers idle.
+    tasks.sort(key=lambda task: -costs[task.key])
     return tasks, done
 
 
