@@ -45,3 +45,10 @@ def test_unknown_backend_is_named():
     result = runner.invoke(app, ["check", "toy", "--backend", "podman"])
     assert result.exit_code == 1
     assert "unknown backend 'podman'; known backends: inprocess, venv, docker" in result.output
+
+
+def test_bench_names_an_unknown_ppo_config():
+    result = runner.invoke(app, ["bench", "--ppo-config", "nope", "--seconds", "0.1"])
+    assert result.exit_code == 1
+    assert "unknown --ppo-config ['nope']" in result.output
+    assert "one-epoch" in result.output and "sb3-default" in result.output

@@ -275,10 +275,18 @@ def bench(
     backend: Annotated[list[str] | None, typer.Option(help="isolated backends to measure")] = None,
     workers: Annotated[int, typer.Option(help="workers per isolated backend")] = 1,
     sb3: Annotated[bool, typer.Option(help="also compare SB3 PPO training speed")] = True,
+    ppo_config: Annotated[
+        list[str] | None,
+        typer.Option(help="SB3 PPO configurations to time (default: all, see ldm_envs.bench)"),
+    ] = None,
+    ppo_timesteps: Annotated[int, typer.Option(help="PPO transitions per contender")] = 20_000,
 ) -> None:
     """Env-steps/s on CartPole: in-process Sync/Async vector envs vs the isolated backends."""
-    from ldm_envs.bench import run_benchmark
+    from ldm_envs.bench import PPO_CONFIGS, run_benchmark
 
+    unknown = sorted(set(ppo_config or []) - set(PPO_CONFIGS))
+    if unknown:
+        _fail(LdmEnvsError(f"unknown --ppo-config {unknown}; known: {sorted(PPO_CONFIGS)}"))
     try:
         run_benchmark(
             console,
@@ -287,6 +295,8 @@ def bench(
             backends=backend or ["venv"],
             workers=workers,
             sb3=sb3,
+            ppo_timesteps=ppo_timesteps,
+            ppo_configs=ppo_config,
         )
     except LdmEnvsError as exc:
         _fail(exc)
