@@ -1,3 +1,4 @@
+import pytest
 from typer.testing import CliRunner
 
 from ldm_envs.cli import app
@@ -52,3 +53,26 @@ def test_bench_names_an_unknown_ppo_config():
     assert result.exit_code == 1
     assert "unknown --ppo-config ['nope']" in result.output
     assert "one-epoch" in result.output and "sb3-default" in result.output
+
+
+@pytest.mark.slow
+def test_bench_runs_every_contender_in_rounds():
+    result = runner.invoke(
+        app,
+        [
+            "bench",
+            "--seconds",
+            "0.2",
+            "--rounds",
+            "2",
+            "--ppo-config",
+            "one-epoch",
+            "--ppo-timesteps",
+            "1024",
+            "--compare-socket",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "median of 2 rounds" in result.output
+    for label in ("gymnasium SyncVectorEnv", "ldm venv, socket", "DummyVecEnv"):
+        assert label in result.output

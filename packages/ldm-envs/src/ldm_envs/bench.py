@@ -12,6 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from ldm_envs.plugins import registry
@@ -75,6 +76,20 @@ def _ppo_steps_per_second(
     return rate
 
 
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def _contenders(backends: list[str], compare_socket: bool) -> list[tuple[str, str, bool]]:
+    """(label, backend, shared memory) for every isolated contender."""
+    out = []
+    for backend in backends:
+        out.append((f"ldm {backend}", backend, True))
+        if compare_socket:
+            out.append((f"ldm {backend}, socket", backend, False))
+    return out
+
+
 def run_benchmark(
     console: Console,
     *,
@@ -85,59 +100,140 @@ def run_benchmark(
     sb3: bool = True,
     ppo_timesteps: int = 20_000,
     ppo_configs: list[str] | None = None,
+    rounds: int = 3,
+    compare_socket: bool = False,
 ) -> dict[str, float]:
-    """Measure every contender and print a table of env-steps/s and ratios to the anchors."""
+    """Measure every contender `rounds` times, interleaved, and print median rates and ratios.
+
+    A shared 2-core VM drifts by 30% within minutes, so each round measures the anchors and the
+    contenders back to back and the ratio is taken within the round; the table shows the
+    median over rounds and the range.
+    """
     spec = registry().get(LIBRARY)
-    rates: dict[str, float] = {}
+    backends = backends or ["venv"]
+    contenders = _contenders(backends, compare_socket)
     make = [lambda: gym.make(ENV_ID) for _ in range(num_envs)]
-    with console.status("measuring gymnasium SyncVectorEnv"):
-        rates["gymnasium SyncVectorEnv"] = _steps_per_second(
-            gym.vector.SyncVectorEnv(make), num_envs, seconds
-        )
-    with console.status("measuring gymnasium AsyncVectorEnv"):
-        rates["gymnasium AsyncVectorEnv"] = _steps_per_second(
-            gym.vector.AsyncVectorEnv(make), num_envs, seconds
-        )
-    for backend in backends or ["venv"]:
-        for pin in (False, True) if backend == "venv" else (False,):
-            label = f"ldm {backend} ({workers} worker{'s' if workers > 1 else ''}"
-            label += ", pinned)" if pin else ")"
-            with console.status(f"measuring {label}"):
-                env = LdmVectorEnv(
-                    spec, ENV_ID, num_envs, backend=backend, num_workers=workers, pin_workers=pin
+    rates: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("CartPole random steps", total=rounds * (2 + len(contenders)))
+        for _ in range(rounds):
+            measured = {
+                "gymnasium SyncVectorEnv": _steps_per_second(
+                    gym.vector.SyncVectorEnv(make), num_envs, seconds
                 )
-                rates[label] = _steps_per_second(env, num_envs, seconds)
-    sync, asyn = rates["gymnasium SyncVectorEnv"], rates["gymnasium AsyncVectorEnv"]
-    table = Table(title=f"CartPole-v1, {num_envs} envs, random actions")
-    for col in ("contender", "env-steps/s", "x Sync", "x Async"):
-        table.add_column(col, justify="right" if col != "contender" else "left")
-    for label, rate in rates.items():
-        table.add_row(label, f"{rate:,.0f}", f"{rate / sync:.2f}", f"{rate / asyn:.2f}")
-    console.print(table)
-    if sb3:
-        from stable_baselines3.common.env_util import make_vec_env
-
-        from ldm_envs.sb3 import LdmSB3VecEnv
-
-        backend = (backends or ["venv"])[0]
-        for name in ppo_configs or list(PPO_CONFIGS):
-            with console.status(f"SB3 PPO {name} in-process (DummyVecEnv)"):
-                inproc = _ppo_steps_per_second(
-                    lambda: make_vec_env(ENV_ID, n_envs=num_envs, seed=0),
-                    ppo_timesteps,
-                    PPO_CONFIGS[name],
-                )
-            with console.status(f"SB3 PPO {name} through ldm {backend}"):
-                isolated = _ppo_steps_per_second(
-                    lambda: LdmSB3VecEnv(
-                        spec, ENV_ID, num_envs, backend=backend, num_workers=workers
-                    ),
-                    ppo_timesteps,
-                    PPO_CONFIGS[name],
-                )
-            rates[f"ppo {name} inprocess"], rates[f"ppo {name} {backend}"] = inproc, isolated
-            console.print(
-                f"SB3 PPO {name}: in-process {inproc:,.0f} steps/s, through {backend} "
-                f"{isolated:,.0f} steps/s -> ratio {isolated / inproc:.2f}"
+            }
+            progress.advance(task)
+            measured["gymnasium AsyncVectorEnv"] = _steps_per_second(
+                gym.vector.AsyncVectorEnv(make), num_envs, seconds
             )
-    return rates
+            progress.advance(task)
+            for label, backend, shared in contenders:
+                env = LdmVectorEnv(
+                    spec,
+                    ENV_ID,
+                    num_envs,
+                    backend=backend,
+                    num_workers=workers,
+                    shared_memory=shared,
+                )
+                measured[label] = _steps_per_second(env, num_envs, seconds)
+                progress.advance(task)
+            for label, rate in measured.items():
+                rates.setdefault(label, []).append(rate)
+                ratios.setdefault(f"{label} x Sync", []).append(
+                    rate / measured["gymnasium SyncVectorEnv"]
+                )
+                ratios.setdefault(f"{label} x Async", []).append(
+                    rate / measured["gymnasium AsyncVectorEnv"]
+                )
+    table = Table(title=f"CartPole-v1, {num_envs} envs, random actions, median of {rounds} rounds")
+    for col in ("contender", "env-steps/s", "x Sync", "x Async", "x Sync, range"):
+        table.add_column(col, justify="right" if col != "contender" else "left")
+    for label, values in rates.items():
+        sync_ratios = ratios[f"{label} x Sync"]
+        table.add_row(
+            label,
+            f"{_median(values):,.0f}",
+            f"{_median(sync_ratios):.2f}",
+            f"{_median(ratios[f'{label} x Async']):.2f}",
+            f"{min(sync_ratios):.2f} - {max(sync_ratios):.2f}",
+        )
+    console.print(table)
+    first = contenders[0][0]
+    for label, *_ in contenders[1:]:
+        per_round = [a / b for a, b in zip(rates[label], rates[first], strict=True)]
+        console.print(
+            f"{label} / {first}: median {_median(per_round):.2f} over {rounds} rounds "
+            f"({', '.join(f'{r:.2f}' for r in per_round)})"
+        )
+    summary = {label: _median(values) for label, values in rates.items()}
+    if sb3:
+        summary |= _ppo_rounds(
+            console, spec, num_envs, workers, contenders, ppo_timesteps, ppo_configs, rounds
+        )
+    return summary
+
+
+def _ppo_rounds(
+    console: Console,
+    spec: Any,
+    num_envs: int,
+    workers: int,
+    contenders: list[tuple[str, str, bool]],
+    timesteps: int,
+    configs: list[str] | None,
+    rounds: int,
+) -> dict[str, float]:
+    """SB3 PPO in-process vs through each contender, interleaved round by round."""
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from ldm_envs.sb3 import LdmSB3VecEnv
+
+    summary: dict[str, float] = {}
+    names = configs or list(PPO_CONFIGS)
+    table = Table(title=f"SB3 PPO on CartPole-v1, {num_envs} envs, median of {rounds} rounds")
+    for col in ("configuration", "contender", "steps/s", "x in-process", "range"):
+        table.add_column(col, justify="left" if col in ("configuration", "contender") else "right")
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("SB3 PPO", total=len(names) * rounds * (1 + len(contenders)))
+        for name in names:
+            params = PPO_CONFIGS[name]
+            rates: dict[str, list[float]] = {"DummyVecEnv": []}
+            ratios: dict[str, list[float]] = {}
+            for _ in range(rounds):
+                inproc = _ppo_steps_per_second(
+                    lambda: make_vec_env(ENV_ID, n_envs=num_envs, seed=0), timesteps, params
+                )
+                rates["DummyVecEnv"].append(inproc)
+                progress.advance(task)
+                for label, backend, shared in contenders:
+                    rate = _ppo_steps_per_second(
+                        lambda b=backend, sh=shared: LdmSB3VecEnv(
+                            spec,
+                            ENV_ID,
+                            num_envs,
+                            backend=b,
+                            num_workers=workers,
+                            shared_memory=sh,
+                        ),
+                        timesteps,
+                        params,
+                    )
+                    rates.setdefault(label, []).append(rate)
+                    ratios.setdefault(label, []).append(rate / inproc)
+                    progress.advance(task)
+            for label, values in rates.items():
+                got = ratios.get(label)
+                table.add_row(
+                    name,
+                    label,
+                    f"{_median(values):,.0f}",
+                    f"{_median(got):.2f}" if got else "1",
+                    f"{min(got):.2f} - {max(got):.2f}" if got else "",
+                )
+                summary[f"ppo {name} {label}"] = _median(values)
+                if got:
+                    summary[f"ppo {name} {label} ratio"] = _median(got)
+    console.print(table)
+    return summary

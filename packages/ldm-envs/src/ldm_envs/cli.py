@@ -280,6 +280,10 @@ def bench(
         typer.Option(help="SB3 PPO configurations to time (default: all, see ldm_envs.bench)"),
     ] = None,
     ppo_timesteps: Annotated[int, typer.Option(help="PPO transitions per contender")] = 20_000,
+    rounds: Annotated[int, typer.Option(help="interleaved rounds; the median is reported")] = 3,
+    compare_socket: Annotated[
+        bool, typer.Option(help="also time steps through the socket alone (no shared memory)")
+    ] = False,
 ) -> None:
     """Env-steps/s on CartPole: in-process Sync/Async vector envs vs the isolated backends."""
     from ldm_envs.bench import PPO_CONFIGS, run_benchmark
@@ -297,6 +301,8 @@ def bench(
             sb3=sb3,
             ppo_timesteps=ppo_timesteps,
             ppo_configs=ppo_config,
+            rounds=rounds,
+            compare_socket=compare_socket,
         )
     except LdmEnvsError as exc:
         _fail(exc)

@@ -97,6 +97,16 @@ class SocketWorkerClient(WorkerClient):
         self.library = library
         self.env_ids: list[str] = []
         self._closed = False
+        self.unresponsive = False  # a request timed out: `close` kills without asking
+
+    def timed_out(self, timeout: float) -> WorkerTimeoutError:
+        """The error for a reply that did not come; marks the worker as not worth asking."""
+        self.unresponsive = True
+        return WorkerTimeoutError(
+            self.library,
+            self.env_ids or ["(no env yet)"],
+            f"{self.process.description} did not answer within {timeout:g} s (hung env?)",
+        )
 
     def _dead(self, what: str) -> WorkerCrashedError:
         # the socket closes a moment before the process is reaped: wait briefly for the cause
@@ -117,26 +127,38 @@ class SocketWorkerClient(WorkerClient):
             raise self._dead(f"could not be sent {header.get('cmd')!r} ({exc})") from None
 
     def recv(self, timeout: float) -> Reply:
+        deadline = time.monotonic() + timeout
+        remaining = timeout
+        while True:
+            reply = self.recv_message(remaining, limit=timeout)
+            if not reply[0].get("wake"):  # a late wake-up of shared-memory steps
+                return self.checked(reply)
+            remaining = max(0.0, deadline - time.monotonic())
+
+    def recv_message(self, timeout: float, limit: float | None = None) -> Reply:
+        """The next message as it came, wake-ups included; socket failures become errors.
+
+        `limit` is the whole wait the caller allowed, which the timeout error reports.
+        """
         try:
-            reply, arrays = self.channel.recv(timeout)
+            return self.channel.recv(timeout)
         except TimeoutError:
-            raise WorkerTimeoutError(
-                self.library,
-                self.env_ids or ["(no env yet)"],
-                f"{self.process.description} did not answer within {timeout:g} s (hung env?)",
-            ) from None
+            raise self.timed_out(timeout if limit is None else limit) from None
         except (ConnectionError, OSError) as exc:
             raise self._dead(f"died ({exc})") from None
-        if not reply.pop("ok", False):
-            self._raise_remote(reply)
-        return reply, arrays
+
+    def checked(self, message: Reply) -> Reply:
+        """The reply, or the remote error raised as `EnvRaisedError`."""
+        if not message[0].pop("ok", False):
+            self._raise_remote(message[0])
+        return message
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            if self.process.poll() is None:
+            if self.process.poll() is None and not self.unresponsive:
                 self.request({"cmd": "close"}, timeout=5.0)
         except Exception:
             pass

@@ -12,12 +12,15 @@ observation travelling as `final_obs`.
 
 import importlib
 import json
+import mmap
 import os
+import platform
 import random
 import select
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -99,6 +102,10 @@ class Channel(object):
 
     def send(self, header, arrays=()):
         send_message(self.sock, header, arrays)
+
+    def buffered(self):
+        """Whether bytes of a next message were already read from the socket."""
+        return self.end > self.start
 
     def _ensure(self, need, deadline):
         while self.end - self.start < need:
@@ -355,6 +362,7 @@ class HostedEnv(object):
         self.remake_on_reset = bool(request.get("remake_on_reset"))
         self.env = self._make(None)
         self.obs_flat = Flattener(self.env.observation_space)
+        self.flattens = self.obs_flat.active
         if _children(self.env.action_space) is not None:
             raise ValueError("%s: Dict/Tuple action spaces are not supported" % self.id)
         self.action_kind = _kind(self.env.action_space)
@@ -382,6 +390,8 @@ class HostedEnv(object):
                 "raw_observation": _kind(self.env.observation_space)}
 
     def _obs(self, raw):
+        if type(raw) is np.ndarray and raw.dtype is self.obs_dtype and not self.flattens:
+            return raw  # the hot case, as np.asarray would return it, without three calls
         return np.asarray(self.obs_flat(raw), dtype=self.obs_dtype)
 
     def reset(self, seed, explicit=True):
@@ -460,6 +470,7 @@ class EnvGroup(object):
         self.envs = []
         self.gym = None
         self.stacked = True
+        self.spaces = []
 
     def handle(self, header, arrays):
         cmd = header.get("cmd")
@@ -470,7 +481,8 @@ class EnvGroup(object):
 
     def cmd_hello(self, header, arrays):
         return {"protocol": PROTOCOL_VERSION, "python": sys.version.split()[0],
-                "numpy": np.__version__, "pid": os.getpid()}, []
+                "numpy": np.__version__, "pid": os.getpid(),
+                "machine": platform.machine()}, []
 
     def cmd_make(self, header, arrays):
         for key, value in (header.get("env_vars") or {}).items():
@@ -490,6 +502,7 @@ class EnvGroup(object):
                 exc.env_index = i
                 raise
         self.stacked = len(set(json.dumps(s["observation"], sort_keys=True) for s in spaces)) <= 1
+        self.spaces = spaces
         return {"spaces": spaces, "stacked": self.stacked}, []
 
     def _pack_obs(self, obs_list):
@@ -591,6 +604,220 @@ class EnvGroup(object):
         return {"closed": True}, []
 
 
+# ---------------------------------------------------------------------------------------------
+# Shared-memory steps: the hot path without syscalls or serialization
+# ---------------------------------------------------------------------------------------------
+
+# int64 control words at the start of the region
+REQUEST, REPLY, WORKER_ASLEEP, HOST_ASLEEP, REPLY_ON_SOCKET = range(5)
+_CONTROL_BYTES = 64
+# the machines whose memory model keeps two stores in order, as a reader of another process
+# sees them (x86's TSO): the step data is written before the sequence number that publishes it
+SHARED_MACHINES = ("x86_64", "AMD64", "i386", "i686")
+
+
+def _aligned(nbytes):
+    return (nbytes + 63) // 64 * 64
+
+
+def _obs_row(space):
+    """Shape and dtype of one env's observation as the worker sends it."""
+    kind = space["type"]
+    if kind == "box":
+        return [int(d) for d in space["shape"]], np.dtype(space["dtype"]).str
+    if kind == "discrete":
+        return [], np.dtype(np.int64).str
+    if kind == "multi_discrete":
+        return [len(space["nvec"])], np.dtype(np.int64).str
+    return [int(space["n"])], np.dtype(np.int8).str
+
+
+def shared_layout(n, action_dtype, action_shape, obs_dtype, obs_shape):
+    """Offsets of the actions, observations and status rows in the region, and its size."""
+    act = n * int(np.prod(action_shape)) * np.dtype(action_dtype).itemsize
+    obs = n * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
+    layout = {"n": n, "action_dtype": action_dtype, "action_shape": list(action_shape),
+              "obs_dtype": obs_dtype, "obs_shape": list(obs_shape)}
+    layout["actions_at"] = _CONTROL_BYTES
+    layout["obs_at"] = layout["actions_at"] + _aligned(act)
+    layout["status_at"] = layout["obs_at"] + _aligned(obs)
+    layout["size"] = max(mmap.PAGESIZE, layout["status_at"] + _aligned(3 * n * 8))
+    return layout
+
+
+class SharedRegion(object):
+    """Views of one step region: control words, actions, observations, status rows.
+
+    Both sides map the same memfd. A step is published by writing the data first and the
+    sequence number last (REQUEST by the host, REPLY by the worker); the reader spins on the
+    number, then reads the data. A side about to sleep raises its ASLEEP flag, then rechecks
+    the number; the other side publishes its number, then reads the flag and, if raised, sends
+    a one-message wake-up on the socket. A full fence between each side's store and load
+    (`fence`) keeps both from missing each other; a sleeper still rechecks now and then.
+    """
+
+    def __init__(self, buf, layout):
+        self.buf = buf
+        self.layout = layout
+        n = layout["n"]
+        self.control = np.frombuffer(buf, np.int64, 8, 0)
+        act_shape = (n,) + tuple(layout["action_shape"])
+        obs_shape = (n,) + tuple(layout["obs_shape"])
+        self.actions = np.frombuffer(buf, layout["action_dtype"], int(np.prod(act_shape)),
+                                     layout["actions_at"]).reshape(act_shape)
+        self.obs = np.frombuffer(buf, layout["obs_dtype"], int(np.prod(obs_shape)),
+                                 layout["obs_at"]).reshape(obs_shape)
+        self.status = np.frombuffer(buf, np.float64, 3 * n, layout["status_at"]).reshape(3, n)
+        self.seq = 0
+        self._lock = threading.Lock()
+
+    def fence(self):
+        """A full memory barrier: taking a free lock is a locked (serializing) instruction."""
+        self._lock.acquire()
+        self._lock.release()
+
+    def close(self):
+        self.control = self.actions = self.obs = self.status = None
+        try:
+            self.buf.close()
+        except Exception:
+            pass  # a caller still holds a view: the mapping goes with the last reference
+
+
+def receive_fd(sock, timeout=30.0):
+    """Receive one file descriptor passed with SCM_RIGHTS (the host's memfd)."""
+    ready, _, _ = select.select([sock], [], [], timeout)
+    if not ready:
+        raise TimeoutError("no shared-memory descriptor within %g s" % timeout)
+    size = socket.CMSG_SPACE(np.dtype(np.int32).itemsize)
+    _msg, ancdata, _flags, _addr = sock.recvmsg(1, size)
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            return int(np.frombuffer(data[:4], np.int32)[0])
+    raise ConnectionError("the host's message carried no file descriptor")
+
+
+class SpinGate(object):
+    """Whether spinning is cheap now: only while the other runnable threads leave a CPU free.
+
+    A spinning side on a loaded machine takes a CPU from the process it waits for (two
+    trainings with their workers on two cores ran at half the speed of sleeping). The kernel's
+    count of runnable threads (`/proc/loadavg`) is read at most every `period` seconds.
+    """
+
+    def __init__(self, period=0.005, loadavg="/proc/loadavg"):
+        try:
+            self.cpus = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self.cpus = os.cpu_count() or 1
+        self.period = period
+        self.loadavg = loadavg
+        self.checked = -1.0
+        self.ok = True
+
+    def allows(self, now):
+        if self.cpus < 2:
+            return False  # on one CPU, spinning only delays the process waited for
+        if now - self.checked < self.period:
+            return self.ok
+        self.checked = now
+        try:
+            with open(self.loadavg) as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return self.ok
+        self.ok = running - 1 < self.cpus  # the others, without this thread, leave a CPU free
+        return self.ok
+
+
+class SharedServer(object):
+    """The worker's half of shared-memory steps for an `EnvGroup` whose envs share spaces."""
+
+    def __init__(self, region, spin):
+        self.region = region
+        self.spin = spin
+        self.gate = SpinGate()
+
+    @classmethod
+    def attach(cls, group, header, channel, spin):
+        """Answer `shared`: send the layout, receive the host's memfd, map it."""
+        if not group.envs or not group.stacked:
+            raise ValueError("shared-memory steps need envs that share their observation space")
+        obs_shape, obs_dtype = _obs_row(group.spaces[0]["observation"])
+        layout = shared_layout(len(group.envs), header["action_dtype"], header["action_shape"],
+                               obs_dtype, obs_shape)
+        channel.send({"ok": True, "layout": layout})
+        fd = receive_fd(channel.sock)
+        try:
+            buf = mmap.mmap(fd, layout["size"])
+        finally:
+            os.close(fd)
+        return cls(SharedRegion(buf, layout), spin)
+
+    def wait(self, sock):
+        """True when a step was published; False when the socket has a message (or closed).
+
+        Spins for `self.spin` seconds, yielding the CPU to anything else runnable, then sleeps
+        on the socket.
+        """
+        control = self.region.control
+        last = self.region.seq
+        clock = time.perf_counter
+        now = clock()
+        stop = now + (self.spin if self.gate.allows(now) else 0.0)
+        peek = socket.MSG_PEEK | socket.MSG_DONTWAIT
+        while now < stop:
+            # no syscall in the tight loop: their mitigations leave the interpreter cold
+            for _ in range(256):
+                if control[REQUEST] != last:
+                    return True
+            try:
+                sock.recv(1, peek)
+                return False  # a message, or b"" when the host closed the connection
+            except BlockingIOError:
+                pass
+            now = clock()
+        while True:
+            control[WORKER_ASLEEP] = 1
+            self.region.fence()
+            if control[REQUEST] != last:
+                control[WORKER_ASLEEP] = 0
+                return True
+            ready, _, _ = select.select([sock], [], [], 0.05)
+            control[WORKER_ASLEEP] = 0
+            if control[REQUEST] != last:
+                return True
+            if ready:
+                return False
+
+    def step(self, group, channel):
+        """Step every env with the published actions.
+
+        Infos, episode ends and errors follow on the socket, sent before the reply number is
+        published, so the host finds them there when the number says so.
+        """
+        region = self.region
+        control = region.control
+        region.seq = int(control[REQUEST])
+        try:
+            reply, out = group.cmd_step(None, [region.actions.copy()])
+            region.obs[...] = out[0]
+            region.status[...] = out[1]
+            reply.pop("stacked", None)
+            on_socket = bool(reply)
+            if on_socket:
+                reply["ok"] = True
+                channel.send(reply, out[2:])
+        except Exception as exc:
+            channel.send(error_reply(exc))
+            on_socket = True
+        control[REPLY_ON_SOCKET] = 1 if on_socket else 0
+        control[REPLY] = region.seq
+        region.fence()
+        if not on_socket and control[HOST_ASLEEP]:
+            channel.send({"wake": True})
+
+
 def error_reply(exc):
     """The reply for a failed request: message, env index if known, and the traceback."""
     return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
@@ -598,18 +825,36 @@ def error_reply(exc):
             "traceback": traceback.format_exc()}
 
 
-def serve(sock, spin=0.0002):
-    """Answer requests until the host closes the connection or sends `close`."""
+def serve(sock, spin=0.0002, shared_spin=0.002):
+    """Answer requests until the host closes the connection or sends `close`.
+
+    Steps arrive through shared memory once the host asked for it (`shared`); every other
+    request, and `wake` (answered by nothing), comes over the socket.
+    """
     group = EnvGroup()
     channel = Channel(sock, spin)
+    shared = None
     while True:
+        if shared is not None and not channel.buffered():
+            if shared.wait(sock):
+                shared.step(group, channel)
+                continue
         try:
             header, arrays = channel.recv()
         except ConnectionError:
             break
         cmd = header.get("cmd")
+        if cmd == "wake":
+            continue
         try:
-            reply, out = group.handle(header, arrays)
+            if cmd == "shared":
+                if shared is not None:
+                    shared.region.close()
+                    shared = None
+                shared = SharedServer.attach(group, header, channel, shared_spin)
+                reply, out = {"shared": True}, []
+            else:
+                reply, out = group.handle(header, arrays)
             reply["ok"] = True
         except Exception as exc:
             reply, out = error_reply(exc), []
@@ -640,8 +885,9 @@ def main(argv=None):
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(argv[1])
     spin = float(os.environ.get("LDM_WORKER_SPIN_US", "200")) * 1e-6
+    shared_spin = float(os.environ.get("LDM_WORKER_SHARED_SPIN_US", "2000")) * 1e-6
     try:
-        serve(sock, spin)
+        serve(sock, spin, shared_spin)
     finally:
         sock.close()
     return 0
