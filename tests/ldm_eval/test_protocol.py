@@ -10,6 +10,7 @@ from ldm_envs.backends import get_backend
 from ldm_envs.backends.inprocess import InProcessBackend
 from ldm_envs.errors import WorkerCrashedError
 from ldm_envs.protocol import SocketWorkerClient
+from ldm_envs.shared_steps import SharedSteps
 from ldm_eval.policies import RandomPolicy, RandomPolicyFactory
 from ldm_eval.protocol import EnvTarget, EvalConfig, run_protocol
 
@@ -137,12 +138,18 @@ class CrashingBackend(InProcessBackend):
         self.spawned += 1
         send, recv, steps = client.send, client.recv, [0]
 
-        def crashing_send(header, arrays=()):
-            if header.get("cmd") == "step" and self.env_id in client.env_ids:
+        def step_sent():
+            if self.env_id in client.env_ids:
                 steps[0] += 1
                 if steps[0] == self.after and isinstance(client, SocketWorkerClient):
                     os.kill(client.hello["pid"], signal.SIGKILL)
+
+        def crashing_send(header, arrays=()):
+            if header.get("cmd") == "step":
+                step_sent()
             send(header, arrays)
+
+        client.step_sent = step_sent  # steps through shared memory bypass `send`: see below
 
         def crashing_recv(timeout):
             if (
@@ -184,7 +191,14 @@ def test_a_worker_that_dies_is_retried_then_reported_failed():
 
 
 @pytest.mark.slow
-def test_a_killed_venv_worker_is_retried_then_reported_failed():
+def test_a_killed_venv_worker_is_retried_then_reported_failed(monkeypatch):
+    shared_send = SharedSteps.send
+
+    def counted_send(self, actions):
+        self.client.step_sent()
+        shared_send(self, actions)
+
+    monkeypatch.setattr(SharedSteps, "send", counted_send)
     check_crash_is_retried_then_failed(
         CrashingBackend("CartPole-v1", after=5, inner=get_backend("venv"))
     )

@@ -188,7 +188,12 @@ class _Worker:
 
 
 class EnvPool:
-    """Envs of one library behind one batched API, spread over `num_workers` workers."""
+    """Envs of one library behind one batched API, spread over `num_workers` workers.
+
+    `shared_memory` (default: on unless `LDM_SHARED_STEPS=0`) moves steps of envs that share
+    their spaces to a memory region mapped by host and worker (`shared_steps.py`); other
+    commands, and pools of mixed spaces, use the socket. `transport` says which was taken.
+    """
 
     def __init__(
         self,
