@@ -757,8 +757,8 @@ class SharedServer(object):
     def wait(self, sock):
         """True when a step was published; False when the socket has a message (or closed).
 
-        Spins for `self.spin` seconds, yielding the CPU to anything else runnable, then sleeps
-        on the socket.
+        Spins for up to `self.spin` seconds while `SpinGate` sees a free CPU, then sleeps on
+        the socket until a message or the host's wake-up.
         """
         control = self.region.control
         last = self.region.seq
@@ -847,10 +847,10 @@ def serve(sock, spin=0.0002, shared_spin=0.002):
         if cmd == "wake":
             continue
         try:
+            if cmd in ("shared", "make") and shared is not None:
+                shared.region.close()  # new envs or a new region: the old layout is void
+                shared = None
             if cmd == "shared":
-                if shared is not None:
-                    shared.region.close()
-                    shared = None
                 shared = SharedServer.attach(group, header, channel, shared_spin)
                 reply, out = {"shared": True}, []
             else:
