@@ -65,3 +65,26 @@ def test_seeded_rollouts_are_reproducible(library):
         np.testing.assert_array_equal(
             _rollout(spec, env_id, 3), _rollout(spec, env_id, 3), err_msg=env_id
         )
+
+
+def test_envs_with_actions_of_different_sizes_share_one_worker():
+    spec = registry().get("box2d")
+    ids = ["LunarLander-v3", "LunarLanderContinuous-v3", "BipedalWalker-v3"]  # 1, 2, 4 numbers
+    with EnvPool(spec, ids) as pool:
+        assert len(pool.workers) == 1 and not pool.homogeneous
+        pool.reset(seed=0)
+        spaces = [s.to_gymnasium() for s in pool.action_spaces]
+        for s in spaces:
+            s.seed(0)
+        for _ in range(5):
+            r = pool.step([s.sample() for s in spaces])
+            assert [o.shape for o in r.obs] == [(8,), (8,), (24,)]
+            assert np.all(np.isfinite(r.rewards))
+        # each env got its own action: the same actions one env at a time give the same obs
+        pool.reset(seed=1)
+        actions = [1, np.array([0.5, -0.5], np.float32), np.full(4, 0.3, np.float32)]
+        together = pool.step(actions).obs
+    for env_id, action, obs in zip(ids, actions, together, strict=True):
+        with EnvPool(spec, env_id, num_envs=1) as alone:
+            alone.reset(seed=1 + ids.index(env_id))
+            np.testing.assert_array_equal(alone.step(np.stack([action])).obs[0], obs)

@@ -397,16 +397,14 @@ class EnvPool:
         ]
         self._pending = per_env
         for w in self.workers:
-            rows = [per_env[i] for i in w.indices]
-            # heterogeneous action spaces travel as one flat float64 row per env
-            flat = (
-                np.stack([np.asarray(r, np.float64).ravel() for r in rows])
-                if len({np.asarray(r).size for r in rows}) == 1
-                else None
-            )
-            if flat is None:
-                raise ActionError("envs in one worker need action spaces of one size")
-            w.send({"cmd": "step"}, [flat])
+            # heterogeneous action spaces travel as float64: one row per env when their sizes
+            # agree, else one flat vector the worker splits by `sizes`
+            rows = [np.asarray(per_env[i], np.float64).ravel() for i in w.indices]
+            sizes = [r.size for r in rows]
+            if len(set(sizes)) == 1:
+                w.send(_STEP, [np.stack(rows)])
+            else:
+                w.send({"cmd": "step", "sizes": sizes}, [np.concatenate(rows)])
 
     def step_recv(self) -> StepResult:
         """Collect the replies of the step sent by `step_send`."""

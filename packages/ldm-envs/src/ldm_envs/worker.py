@@ -530,7 +530,10 @@ class EnvGroup(object):
 
     def cmd_step(self, header, arrays):
         actions = arrays[0]
-        if actions.ndim == 1 and actions.dtype.kind in "iu":
+        sizes = header.get("sizes") if header else None
+        if sizes:  # envs with actions of different sizes: one flat vector
+            actions = np.split(actions, np.cumsum(sizes)[:-1].tolist())
+        elif actions.ndim == 1 and actions.dtype.kind in "iu":
             actions = actions.tolist()  # plain ints: the cheapest thing to hand a Discrete env
         rewards, terminated, truncated = [], [], []
         obs, finals, infos, final_infos, done_idx = [], [], {}, {}, []

@@ -372,8 +372,8 @@ def _run_batch(
                 s.emitted = True
                 emit(s, time.monotonic() - t0)
 
-    # one worker steps its envs with one action array, so a pool holds envs of one action
-    # size (LunarLander's 1 next to LunarLanderContinuous's 2 go to two pools)
+    # a pool holds envs of one action size (LunarLander's 1 and LunarLanderContinuous's 2 go
+    # to two pools), so its actions travel as one array; EnvPool would also take mixed sizes
     by_library: dict[tuple[str, int], list[int]] = {}
     for i, s in enumerate(slots):
         key = (s.target.library, _action_size(s.target.library, s.target.env_id))
