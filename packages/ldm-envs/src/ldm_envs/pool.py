@@ -411,23 +411,17 @@ class EnvPool:
         if self._shared_alone is not None and self._shared_alone.sent_shared:
             return self._recv_shared_alone(self._shared_alone)
         n = self.num_envs
-        single = len(self.workers) == 1
         obs: list[np.ndarray] = [None] * n  # type: ignore[list-item]
-        if single:  # the status rows of the one reply become the result (no copies)
-            rewards = terminated = truncated = np.zeros(0)
-        else:
-            rewards = np.zeros(n, np.float64)
-            terminated = np.zeros(n, np.bool_)
-            truncated = np.zeros(n, np.bool_)
+        rewards = np.zeros(n, np.float64)
+        terminated = np.zeros(n, np.bool_)
+        truncated = np.zeros(n, np.bool_)
         infos: list[dict[str, Any]] = [{} for _ in range(n)]
+        single = len(self.workers) == 1
         stacked_obs: np.ndarray | None = None
         for w in self.workers:
             try:
                 reply, arrays = w.recv(self.step_timeout)
             except WorkerError as exc:
-                if single:
-                    rewards, terminated = np.zeros(n, np.float64), np.zeros(n, np.bool_)
-                    truncated = np.zeros(n, np.bool_)
                 self._restart(w, exc, obs, truncated, infos)
                 continue
             k = self._n_obs_buffers(w, reply)
