@@ -161,3 +161,44 @@ def test_a_candidate_that_ended_no_episode_is_named_not_dropped_silently():
     assert (
         "none of its 2 ranking run(s) ended an episode at budget 1,000" in unranked["a2c-default"]
     )
+
+
+# -- alpha = 0.05: data whose one-tailed Welch p-value lies between 0.01 and 0.10 ----------------
+
+#: ten evenly spread returns around 0: `shift + spread * _Z` vs `spread * _Z` has a one-tailed
+#: Welch p-value of ~0.03 at spread 16.5 and ~0.07 at spread 21.5 (shift 10), so alpha = 0.01
+#: or 0.10 instead of the paper's 0.05 changes which of the two counts as significant.
+_Z = np.linspace(-1.0, 1.0, 10)
+_SIGNIFICANT, _NOT_SIGNIFICANT = 16.5, 21.5
+
+
+def _welch_p(a, b):
+    return sps.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue
+
+
+def test_alpha_is_005_in_the_ranking():
+    near = {"x": 10 + _SIGNIFICANT * _Z, "y": _SIGNIFICANT * _Z}  # x wins (p ~ 0.03)
+    far = {"x": _NOT_SIGNIFICANT * _Z, "y": 10 + _NOT_SIGNIFICANT * _Z}  # y does not (p ~ 0.07)
+    assert 0.01 < _welch_p(near["x"], near["y"]) < 0.05
+    assert 0.05 < _welch_p(far["y"], far["x"]) < 0.10
+    table = rank_candidates({"A-v0": near, "B-v0": far})
+    points = dict(zip(table["candidate"], table["points"], strict=True))
+    assert points == {"x": 1, "y": 0}  # alpha 0.01: x 0; alpha 0.10: y 1 too
+    assert table["candidate"].to_list() == ["x", "y"]
+
+
+def test_alpha_is_005_in_the_improvement_filter():
+    def curve(spread):  # first 10% around 0, last 10% around 10: both above the threshold
+        return np.concatenate([spread * _Z, np.zeros(80), 10 + spread * _Z])
+
+    runs = {"p03": curve(_SIGNIFICANT), "p07": curve(_NOT_SIGNIFICANT)}
+    p = {key: _welch_p(r[-10:], r[:10]) for key, r in runs.items()}
+    assert 0.01 < p["p03"] < 0.05 and 0.05 < p["p07"] < 0.10
+    decisions = decide(runs)
+    assert decisions["p03"].improvement_p == pytest.approx(p["p03"])
+    assert decisions["p07"].improvement_p == pytest.approx(p["p07"])
+    assert decisions["p03"].threshold == pytest.approx(9.5)
+    assert decisions["p03"].kept and decisions["p03"].reason == "kept"  # alpha 0.01: dropped
+    assert not decisions["p07"].kept  # alpha 0.10: kept
+    assert decisions["p07"].reason.startswith("no significant improvement")
+    assert ">= 0.05" in decisions["p07"].reason

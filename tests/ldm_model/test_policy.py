@@ -15,7 +15,7 @@ from ldm_model.batch import Batch
 from ldm_model.config import ModelConfig, get_config
 from ldm_model.model import LDM
 from ldm_model.policy import LDMPolicy
-from ldm_model.tokenizer import SpaceCodec
+from ldm_model.tokenizer import SpaceCodec, bin_values
 
 VEC_DISCRETE = SpaceCodec(BoxSpace(shape=(4,), low=-math.inf, high=math.inf), DiscreteSpace(n=2))
 VEC_BOX = SpaceCodec(
@@ -276,31 +276,55 @@ def run_policy(model: LDM, codec: SpaceCodec, n: int, steps: int = 6) -> list[np
     return out
 
 
-def test_box_actions_stay_inside_their_bounds(edge_model: LDM) -> None:
-    policy = LDMPolicy(edge_model, VEC_BOX, 3)
+def trap_model(codec: SpaceCodec, best: Sequence[int]) -> LDM:
+    """Untrained, with the decoder biased so that, per action dim, every class the action space
+    forbids outscores every allowed one, and `best[d]` is the top allowed class of dim `d`.
+
+    Only the mask can then pick `best`: an unmasked argmax lands outside the space (and a Box
+    action clipped back into its bounds lands on a bound, not on `best`'s value).
+    """
+    model = make_model(seed=1)
+    with torch.no_grad():
+        bias = model.decoder.bias.view(model.config.act_dims, model.config.n_bins)
+        low, high = torch.from_numpy(codec.act_low), torch.from_numpy(codec.act_high)
+        bias += 200.0 * model.forbidden(low, high).float()
+        for d, cls in enumerate(best):
+            assert low[d] <= cls <= high[d]
+            bias[d, cls] += 100.0
+    return model
+
+
+def test_box_actions_are_the_best_bin_inside_their_bounds() -> None:
+    values = bin_values().numpy()
+    best = [int(np.abs(values - 0.25).argmin()), int(np.abs(values + 0.3).argmin())]
+    policy = LDMPolicy(trap_model(VEC_BOX, best), VEC_BOX, 3)
     rng = np.random.default_rng(0)
     for _ in range(6):
         action = policy.act(rng.normal(size=(3, 3)), rng.normal(size=3), rng.random(3) < 0.2)
         assert action.shape == (3, 2) and action.dtype == np.float32
         assert np.all(action >= -0.5) and np.all(action <= 0.5)
-        # the mask did the work: unmasked, the edge bins (values of about -/+256) would win
+        # exactly the best allowed bin's value (about 0.25 and -0.3), not a clipped bound
+        assert action.tolist() == [values[best].tolist()] * 3
+        # the mask did the work: unmasked, a bin outside [-0.5, 0.5] would win every dim
         assert policy.last_logits is not None
-        assert policy.last_logits[:, :2].argmax(-1).tolist() == [[0, 1023]] * 3
+        unmasked = policy.last_logits[:, :2].argmax(-1).numpy()
+        low, high = VEC_BOX.act_low[:2], VEC_BOX.act_high[:2]
+        assert np.all((unmasked < low) | (unmasked > high))
 
 
-@pytest.mark.parametrize(
-    ("space", "allowed"),
-    [(DiscreteSpace(n=3), {0, 1, 2}), (DiscreteSpace(n=3, start=2), {2, 3, 4})],
-)
-def test_discrete_actions_stay_among_the_first_n(
-    edge_model: LDM, space: DiscreteSpace, allowed: set[int]
-) -> None:
+@pytest.mark.parametrize("space", [DiscreteSpace(n=3), DiscreteSpace(n=3, start=2)])
+def test_discrete_actions_are_the_best_of_the_first_n(space: DiscreteSpace) -> None:
     codec = SpaceCodec(BoxSpace(shape=(4,), low=-1.0, high=1.0), space)
-    for action in run_policy(edge_model, codec, 4):
+    policy = LDMPolicy(trap_model(codec, [1]), codec, 4)  # class 1: the middle category
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        obs = rng.uniform(-1, 1, size=(4, 4)).astype(np.float32)
+        action = policy.act(obs, rng.normal(size=4), rng.random(4) < 0.2)
         assert action.shape == (4,) and action.dtype == np.int64
-        assert set(action.tolist()) <= allowed
-    # dim 0 is biased toward class 0: the lowest allowed category
-    assert set(action.tolist()) == {space.start}
+        assert action.tolist() == [space.start + 1] * 4
+        # unmasked, a category beyond the first n would win
+        assert policy.last_logits is not None
+        assert np.all(policy.last_logits[:, 0].argmax(-1).numpy() >= space.n)
 
 
 def test_multi_discrete_and_multi_binary_shapes_and_dtypes(edge_model: LDM) -> None:

@@ -115,3 +115,31 @@ def test_images_resize_to_64x64x3() -> None:
     assert out[0, 63, 63].tolist() == img[0, 6, 6].tolist()
     gray = resize_images(np.full((2, 5, 5, 1), 9, np.uint8))
     assert gray.shape == (2, 64, 64, 3) and (gray == 9).all()
+
+
+def test_paper_constants_pin_the_bins() -> None:
+    """mu = 100, M = 256, 1024 bins over [-1, 1] (LDM-v0 §3.3): exact bins, not just a round trip.
+
+    The round-trip and edge tests above pass with any mu (the inverse undoes whatever mu was
+    used, and mu_law(M) = 1 for every mu), so these values are computed here by the paper's
+    formula, written out, and also pinned as literals.
+    """
+    mu, m, n_bins = 100.0, 256.0, 1024
+    assert n_bins == N_BINS
+    x = np.array([-200.0, -30.0, -1.0, -0.1, -0.01, 0.003, 0.05, 0.5, 1.0, 7.0, 100.0])
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / math.log1p(m * mu)
+    torch.testing.assert_close(mu_law(torch.from_numpy(x)), torch.from_numpy(y))
+    expected = np.floor((np.clip(y, -1.0, 1.0) + 1.0) * n_bins / 2).astype(np.int64)
+    bins = value_bins(torch.from_numpy(x)).numpy()
+    assert bins.tolist() == expected.tolist()
+    assert bins.tolist() == [12, 108, 279, 391, 477, 525, 602, 710, 744, 842, 976]
+    # decoding: the inverse mu-law of each of the 1024 bin centers
+    centers = (np.arange(n_bins) + 0.5) / (n_bins / 2) - 1.0
+    decoded = np.sign(centers) * np.expm1(np.abs(centers) * math.log1p(m * mu)) / mu
+    values = bin_values().double().numpy()
+    assert values.shape == (n_bins,)
+    np.testing.assert_allclose(values, decoded, rtol=1e-6, atol=0)
+    assert values[744] == pytest.approx(0.99414, abs=1e-5)
+    # beyond +-M the mu-law exceeds +-1 and is clipped into the edge bins
+    assert float(mu_law(torch.tensor(300.0, dtype=torch.float64))) > 1.0
+    assert value_bins(torch.tensor([300.0, -300.0])).tolist() == [n_bins - 1, 0]

@@ -353,3 +353,102 @@ def test_ddp_two_processes_match_one(
     assert worst < 1e-4, worst
     assert not math.isnan(worst)
     assert json.loads((tmp_path / "ddp" / "train_config.json").read_text())["batch_size"] == 8
+
+
+def _real_pairs(batch) -> int:
+    """Real (step, action dim) pairs of a batch: what its loss is averaged over."""
+    pairs = batch.act_mask[:, None, :].expand(*batch.shape, -1)
+    if batch.loss_mask is not None:
+        pairs = pairs & batch.loss_mask[:, :, None]
+    return int(pairs.sum())
+
+
+def test_ddp_matches_one_process_when_ranks_hold_unequal_real_counts(tmp_path: Path) -> None:
+    """Rank 0 and rank 1 hold very different numbers of real action dims and steps (a 24-dim
+    Box action beside a 1-dim Discrete one, the latter in 6-row runs, so its windows are mostly
+    padding), yet the gradient is that of the global batch's mean loss: a rank dividing its sum
+    by its own count would weigh the other rank's few pairs many times over."""
+    from tests.ldm_model.datasets import EnvSpec, make_dataset
+
+    root = tmp_path / "data"
+    make_dataset(
+        root,
+        envs=(
+            EnvSpec(
+                "toy",
+                "Wide-v0",
+                BoxSpace(shape=(3,), low=-1.0, high=1.0),
+                BoxSpace(shape=(24,), low=-1.0, high=1.0),
+            ),
+            EnvSpec(
+                "toy",
+                "Short-v0",
+                BoxSpace(shape=(4,), low=-1.0, high=1.0),
+                DiscreteSpace(n=3),
+                runs=(6, 6, 6),
+                episode_length=3,
+            ),
+        ),
+    )
+    steps, batch_size, context = 4, 8, 16
+    sampler = WindowSampler(root, context=context)
+    counts = [
+        [_real_pairs(sampler.sample(s, batch_size, rank=r, world=2)) for r in (0, 1)]
+        for s in range(steps)
+    ]
+    sampler.close()
+    # the ranks' shares differ at least three-fold at some steps
+    assert sum(max(c) >= 3 * max(min(c), 1) for c in counts) >= 2, counts
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ldm_model.cli",
+        "train",
+        "--root",
+        str(root),
+        "--batch-size",
+        str(batch_size),
+        "--context",
+        str(context),
+        "--steps",
+        str(steps),
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        str(steps),
+        "--no-mlflow",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = train(
+        _config(
+            root,
+            tmp_path / "single",
+            batch_size=batch_size,
+            context=context,
+            steps=steps,
+            checkpoint_every=steps,
+            device="cpu",
+        ),
+        progress=False,
+    )
+    ddp = read_metrics(tmp_path / "ddp")
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(
+            [r[key] for r in ddp], [r[key] for r in single.history], rtol=1e-5, err_msg=key
+        )
+    a, b = _weights(tmp_path / "ddp"), _weights(tmp_path / "single")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < 1e-5, worst
