@@ -1,15 +1,23 @@
 """Benchmark: per-step latency of KV-cached inference (`LDMPolicy`) at a short and a long context.
 
 Usage: uv run python tools/bench_inference.py [--config tiny] [--envs 16] [--contexts 64,2048]
-       [--steps 100] [--repeats 5] [--naive-steps 3] [--threads N] [--no-dynamic] [--json PATH]
+       [--steps 100] [--repeats 5] [--naive-steps 3] [--threads N] [--no-dynamic]
+       [--modes ring,chunked,exact] [--refresh 0.25] [--json PATH]
 
 Quality bar (DESIGN.md): the per-step latency at context 2048 is at most 2x that at context 64.
 For each context the policy first steps `context` times, so the timed steps run with a full cache
 that slides (the steady state of a long rollout); the contexts are timed in interleaved rounds
 and the median round counts, so that load from other processes hits both alike. Rows:
 
-* `ring`: `LDMPolicy` as shipped (ring-buffer cache written in place, stored transposed, eager
-  attention; see ldm_model.policy).
+* `ring`: `LDMPolicy(cache="ring")` (ring-buffer cache written in place, stored transposed,
+  eager attention; see ldm_model.policy).
+* `chunked/S`: `LDMPolicy(cache="chunked", refresh=S)`, S = `--refresh` x context (a list gives
+  one row each): exact windows, the cache refilled from the last context - S transitions every
+  S steps. A round times a whole number of refill periods, so the mean includes the refills
+  (amortized); the `worst step` column is the refill's spike.
+* `exact`: `LDMPolicy(cache="exact")`: a forward over the last `context` transitions at every
+  step (a refill of context - 1, then the step). Above context 256 it is timed over
+  `--naive-steps` steps a round.
 * `dynamic`: the same policy with transformers' `DynamicCache` and the model's SDPA attention
   (append by `torch.cat`, then drop the oldest entry of every layer once full): what the ring
   buffer replaced.
@@ -31,7 +39,8 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +57,8 @@ from ldm_model.policy import LDMPolicy
 from ldm_model.tokenizer import ACT_DIMS, OBS_DIMS, SpaceCodec
 
 OBS_DIM, ACT_DIM = 17, 6
+#: makes a stepper: (model, codec, envs, context, **settings) -> one step of every env
+Stepper = Callable[..., Callable[[], None]]
 EXTRA_CONFIGS = {
     "bench-256": ModelConfig(
         name="bench-256",
@@ -88,8 +99,11 @@ class Inputs:
 # -- steppers: each returns a function doing one step for all envs ---------------------------------
 
 
-def ring_stepper(model: LDM, codec: SpaceCodec, envs: int, context: int) -> Callable[[], None]:
-    policy = LDMPolicy(model, codec, envs, context=context)
+def ring_stepper(
+    model: LDM, codec: SpaceCodec, envs: int, context: int, **cache: object
+) -> Callable[[], None]:
+    """`LDMPolicy` with the given cache settings (`cache=`, `refresh=`); default the ring."""
+    policy = LDMPolicy(model, codec, envs, context=context, **cache)  # type: ignore[arg-type]
     inputs = Inputs(envs)
 
     def step() -> None:
@@ -194,10 +208,81 @@ def naive_stepper(model: LDM, codec: SpaceCodec, envs: int, context: int) -> Cal
 
 def time_steps(step: Callable[[], None], n: int) -> float:
     """Mean seconds per step over `n` steps."""
-    start = time.perf_counter()
+    return statistics.fmean(step_times(step, n))
+
+
+def step_times(step: Callable[[], None], n: int) -> list[float]:
+    """Seconds of each of `n` steps."""
+    out = []
     for _ in range(n):
+        start = time.perf_counter()
         step()
-    return (time.perf_counter() - start) / n
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def refresh_of(kind: str, context: int) -> int:
+    """The refill stride of a `chunked/<fraction>` kind at a context."""
+    return max(1, round(float(kind.split("/")[1]) * context))
+
+
+def steps_per_round(kind: str, context: int, steps: int, slow_steps: int) -> int:
+    """Timed steps per round: whole refill periods for `chunked`, few for a slow `exact`."""
+    if kind.startswith("chunked"):
+        period = refresh_of(kind, context)
+        return max(1, math.ceil(steps / period)) * period
+    if kind == "exact" and context > 256:
+        return slow_steps
+    return steps
+
+
+def policy_kinds(modes: Sequence[str], refresh: Sequence[str]) -> dict[str, Stepper]:
+    """Steppers of `LDMPolicy` cache modes: `ring`, `chunked/<fraction>` per refresh, `exact`."""
+    kinds: dict[str, Stepper] = {"ring": ring_stepper} if "ring" in modes else {}
+    for fraction in refresh if "chunked" in modes else []:
+        kinds[f"chunked/{fraction}"] = partial(ring_stepper, cache="chunked")
+    if "exact" in modes:
+        kinds["exact"] = partial(ring_stepper, cache="exact")
+    return kinds
+
+
+def measure(
+    model: LDM,
+    codec: SpaceCodec,
+    envs: int,
+    kinds: dict[str, Stepper],
+    contexts: Sequence[int],
+    *,
+    steps: int,
+    repeats: int,
+    slow_steps: int,
+    console: Console,
+) -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]]:
+    """Mean seconds per step with a full, sliding cache, and the worst step, per (kind, context).
+
+    Each stepper first steps `context + 8` times (the cache fills, then slides); the kinds and
+    contexts are then timed in `repeats` interleaved rounds and the median round counts.
+    """
+    steppers: dict[tuple[str, int], Callable[[], None]] = {}
+    for kind, make in kinds.items():
+        for context in contexts:
+            extra = {"refresh": refresh_of(kind, context)} if kind.startswith("chunked") else {}
+            step = make(model, codec, envs, context, **extra)
+            start = time.perf_counter()
+            for _ in range(context + 8):  # fill the cache: the timed steps slide it
+                step()
+            console.print(
+                f"  {kind} @ {context}: cache filled in {time.perf_counter() - start:.1f} s"
+            )
+            steppers[kind, context] = step
+    rounds: dict[tuple[str, int], list[float]] = {key: [] for key in steppers}
+    worst: dict[tuple[str, int], float] = {key: 0.0 for key in steppers}
+    for _ in range(repeats):
+        for (kind, context), step in steppers.items():
+            times = step_times(step, steps_per_round(kind, context, steps, slow_steps))
+            rounds[kind, context].append(statistics.fmean(times))
+            worst[kind, context] = max(worst[kind, context], max(times))
+    return {key: statistics.median(values) for key, values in rounds.items()}, worst
 
 
 def main() -> None:
@@ -212,6 +297,14 @@ def main() -> None:
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )
     parser.add_argument("--no-dynamic", action="store_true", help="skip the DynamicCache rows")
+    parser.add_argument(
+        "--modes", default="ring,chunked,exact", help="LDMPolicy cache modes to time (ring first)"
+    )
+    parser.add_argument(
+        "--refresh",
+        default="0.25",
+        help="chunked: refill strides as fractions of the context (comma-separated)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -223,29 +316,26 @@ def main() -> None:
     model = LDM(config).eval()
     codec = make_codec()
     contexts = [int(c) for c in args.contexts.split(",")]
-    kinds = {"ring": ring_stepper} | ({} if args.no_dynamic else {"dynamic": dynamic_stepper})
+    kinds = policy_kinds(["ring", *args.modes.split(",")], args.refresh.split(","))
+    if not args.no_dynamic:
+        kinds["dynamic"] = dynamic_stepper
     console.print(
         f"config {config.name} ({model.num_parameters() / 1e6:.1f}M parameters, trained context "
         f"{config.context}), {args.envs} envs, {torch.get_num_threads()} thread(s), "
         f"contexts {contexts}"
     )
 
-    steppers: dict[tuple[str, int], Callable[[], None]] = {}
-    for kind, make in kinds.items():
-        for context in contexts:
-            step = make(model, codec, args.envs, context)
-            start = time.perf_counter()
-            for _ in range(context + 8):  # fill the cache: the timed steps slide it
-                step()
-            console.print(
-                f"  {kind} @ {context}: cache filled in {time.perf_counter() - start:.1f} s"
-            )
-            steppers[kind, context] = step
-    rounds: dict[tuple[str, int], list[float]] = {key: [] for key in steppers}
-    for _ in range(args.repeats):
-        for key, step in steppers.items():
-            rounds[key].append(time_steps(step, args.steps))
-    figures = {key: statistics.median(values) for key, values in rounds.items()}
+    figures, worst = measure(
+        model,
+        codec,
+        args.envs,
+        kinds,
+        contexts,
+        steps=args.steps,
+        repeats=args.repeats,
+        slow_steps=args.naive_steps,
+        console=console,
+    )
     longest = max(contexts)
     naive = naive_stepper(model, codec, args.envs, longest)
     naive()  # warm-up
@@ -253,17 +343,31 @@ def main() -> None:
 
     short = figures["ring", min(contexts)]
     table = Table(title=f"Inference per step, {args.envs} envs, config {config.name}")
-    for col in ("mode", "context", "ms / step", "env-steps / s", "vs ring @ " + str(min(contexts))):
-        table.add_column(col, justify="right" if col != "mode" else "left")
+    cols = ("mode", "context", "ms / step", "worst step ms", "env-steps / s")
+    cols += (f"vs ring @ {min(contexts)}", f"vs itself @ {min(contexts)}")
+    for col in cols:
+        table.add_column(col, justify="right" if col != "mode" else "left", no_wrap=col == "mode")
     for (kind, context), seconds in figures.items():
+        own = figures.get((kind, min(contexts)))
         table.add_row(
             kind,
             str(context),
             f"{seconds * 1e3:.2f}",
+            f"{worst[kind, context] * 1e3:.1f}" if (kind, context) in worst else "",
             f"{args.envs / seconds:,.0f}",
             f"{seconds / short:.2f}x",
+            f"{seconds / own:.2f}x" if own else "",
         )
     console.print(table)
+    ratios = {
+        kind: figures[kind, longest] / figures[kind, min(contexts)]
+        for kind in kinds
+        if (kind, min(contexts)) in figures
+    }
+    console.print(
+        f"@ {longest} / @ {min(contexts)} per mode (target <= 2): "
+        + ", ".join(f"{kind} {r:.2f}x" for kind, r in ratios.items())
+    )
     ratio = figures["ring", longest] / short
     speedup = figures["naive", longest] / figures["ring", longest]
     verdict = "[green]PASS[/]" if ratio <= 2.0 else "[red]FAIL[/]"
@@ -284,6 +388,8 @@ def main() -> None:
                     "envs": args.envs,
                     "threads": torch.get_num_threads(),
                     "ms_per_step": {f"{k}@{c}": s * 1e3 for (k, c), s in figures.items()},
+                    "worst_step_ms": {f"{k}@{c}": s * 1e3 for (k, c), s in worst.items()},
+                    "ratio_per_mode": ratios,
                     "ratio": ratio,
                     "speedup_vs_naive": speedup,
                 },

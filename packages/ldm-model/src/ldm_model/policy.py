@@ -54,6 +54,35 @@ Design choices (DESIGN.md, "Inference"):
   largest layer of a small model; the step computes the first `act_dims` dims (the widest
   action space of the batch) and masks and argmaxes those.
 
+Long horizons: three cache modes (`LDMPolicy(cache=...)`). Training windows start at position 0
+and every transition of a window sees only the window's earlier ones, so the model was trained on
+exactly "a forward over the last `context` transitions". Episodes run far past the context
+(CartPole 500 steps, LunarLander 1,000, the context is kept across episodes), and once the
+window slides the modes differ:
+
+* `"ring"` (default): the ring above. Per step O(1) compute plus one pass over the cache. Past
+  the context it is not the window's forward: layer l's cached keys and values were computed
+  when their transition still saw up to `context - 1` earlier ones, so the receptive field
+  grows to `num_layers * (context - 1)` transitions, an input training never produced. (RoPE is
+  not a difference: attention sees only position differences, all below `context`.)
+* `"exact"`: every step equals a from-scratch forward over the last `context` transitions
+  (positions 0 .. context-1, as in training): the cache is re-filled at every step from the
+  kept meta-tokens of the last `context - 1` transitions (one prefill through the backbone),
+  then the step decodes against it. O(context) tokens and O(context^2) attention per step.
+* `"chunked"` (stride S = `refresh`): exact windows, recomputed every S steps. The cache is
+  appended to without sliding; when it is full, it is re-filled from the last `context - S`
+  transitions, and the next S steps append to it. Every step is then exactly a from-scratch
+  forward over its last L transitions, `context - S < L <= context`, never an input unlike
+  training's. The refill costs a prefill of `context - S` tokens every S steps: on average
+  about `(context - S) / S` token-forwards per step, paid in one step (a latency spike).
+  `"exact"` is `"chunked"` with S = 1.
+
+Within the first `context` steps after a reset (nothing has slid out yet) the three modes run
+the same code and give the same logits, bit for bit (test). Measured on real envs with a
+trained model (tools/bench_long_horizon.py, figures in packages/ldm-model/README.md, "Long
+horizons"): no mode scored measurably better, the ring is the cheapest at the trained context
+and has no refill spikes, so it stays the default; `exact` fails the latency bar (64x).
+
 Evaluation protocol (paper): per env, two fresh rollouts of 10 episodes; `reset()` at the start
 of each rollout, and never at episode ends: a `done` passed to `act()` is an input of the next
 meta-token (the model sees the episode boundary), not a cache reset.
@@ -63,12 +92,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from transformers import AttentionInterface
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
 from ldm_model.batch import Batch
@@ -82,7 +111,11 @@ from ldm_model.tokenizer import (
     bin_values,
 )
 
-__all__ = ["LDMPolicy", "RingCache", "RingLayer"]
+__all__ = ["CACHE_MODES", "CacheMode", "LDMPolicy", "RingCache", "RingLayer"]
+
+#: How the context slides once it is full (module docstring, "Long horizons").
+CacheMode = Literal["ring", "exact", "chunked"]
+CACHE_MODES: tuple[str, ...] = ("ring", "exact", "chunked")
 
 
 #: Name under which `ring_decode_attention` is registered with transformers.
@@ -154,8 +187,9 @@ class _Ring:
 class RingLayer(CacheLayerMixin):
     """One layer's keys and values in a fixed ring of `capacity` slots, written in place.
 
-    Only single-token steps (`T = 1`) are accepted: that is all the policy does, and a longer
-    update would have to wrap around the ring's end.
+    Only single-token steps (`T = 1`) go through `update`: that is all the policy does, and a
+    longer update would have to wrap around the ring's end. `fill` rewrites the first slots at
+    once (the refill of the `exact` and `chunked` modes).
     """
 
     is_sliding = False
@@ -195,6 +229,15 @@ class RingLayer(CacheLayerMixin):
         self.values[:, :, slot] = value_states[:, :, 0]
         return self.keys[:, :, :n], self.values[:, :, :n]
 
+    def fill(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Write `(B, heads, T, head_dim)` keys and values into slots `[0, T)`."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        assert self.keys is not None and self.values is not None
+        t = key_states.shape[-2]
+        self.keys[:, :, :t] = key_states
+        self.values[:, :, :t] = value_states
+
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.ring.filled, 0
 
@@ -232,6 +275,13 @@ class LDMPolicy:
         context: the most transitions each env's context holds (default: the model's trained
             context). A longer one runs, but asks the model for distances it never saw.
         device: where to run; None keeps the model's device, anything else moves the model.
+        cache: how the context slides once full (module docstring, "Long horizons"): `ring`
+            (slide in place; past the context, not a forward over the window), `exact` (a
+            forward over the last `context` transitions at every step), `chunked` (exact
+            windows of `context - refresh + 1` to `context` transitions, refilled every
+            `refresh` steps).
+        refresh: `chunked` only: steps between refills, 1 to `context` (default
+            `context // 4`). `exact` is `chunked` with `refresh = 1`.
     """
 
     def __init__(
@@ -242,6 +292,8 @@ class LDMPolicy:
         *,
         context: int | None = None,
         device: str | torch.device | None = None,
+        cache: CacheMode = "ring",
+        refresh: int | None = None,
     ) -> None:
         if num_envs <= 0:
             raise ValueError(f"num_envs must be positive, got {num_envs}")
@@ -257,6 +309,15 @@ class LDMPolicy:
         self.context = int(context or model.config.context)
         if self.context <= 0:
             raise ValueError(f"context must be positive, got {self.context}")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"unknown cache mode {cache!r}; known: {', '.join(CACHE_MODES)}")
+        if refresh is not None and cache != "chunked":
+            raise ValueError(f"refresh is a setting of cache='chunked', not of {cache!r}")
+        self.cache_mode: CacheMode = cache
+        #: steps between refills of the cache (`exact`: 1; `ring`: 0, it never refills)
+        self.refresh = {"ring": 0, "exact": 1}.get(cache, refresh or max(1, self.context // 4))
+        if not 0 <= self.refresh <= self.context:
+            raise ValueError(f"refresh must be in [1, context={self.context}], got {refresh}")
         self.codecs = codecs
         # envs sharing a codec object are tokenized and decoded together
         groups: dict[int, list[int]] = {}
@@ -283,6 +344,9 @@ class LDMPolicy:
         self._start = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self._base = torch.zeros(num_envs, dtype=torch.long, device=self.device)
         self._t = 0
+        #: `exact`/`chunked`: the meta-tokens of the last `context` steps, slot = step % context
+        #: (allocated at the first step), what a refill recomputes the cache from
+        self._history: torch.Tensor | None = None
         self.reset()
 
     # -- construction ---------------------------------------------------------------------------
@@ -297,6 +361,8 @@ class LDMPolicy:
         *,
         context: int | None = None,
         device: str | torch.device = "cpu",
+        cache: CacheMode = "ring",
+        refresh: int | None = None,
     ) -> LDMPolicy:
         """A policy over a saved model, in eval mode, for `num_envs` envs of the given spaces.
 
@@ -320,7 +386,7 @@ class LDMPolicy:
                 same = SpaceCodec(obs, act, n_bins=model.config.n_bins)
                 made.append(same)
             codecs.append(same)
-        return cls(model, codecs, num_envs, context=context)
+        return cls(model, codecs, num_envs, context=context, cache=cache, refresh=refresh)
 
     def _env_tables(self) -> dict[str, torch.Tensor]:
         """Per-env rows of the codec tables, as the `(B, ...)` fields of a `Batch`."""
@@ -342,9 +408,12 @@ class LDMPolicy:
     def context_lengths(self) -> np.ndarray:
         """int64 `(num_envs,)`: past transitions each env's next step attends to.
 
-        At most `context - 1`: the step itself takes the last slot.
+        At most `context - 1`: the step itself takes the last slot. In `exact`/`chunked` mode
+        with a full cache, the next step first refills it: at most `context - refresh`.
         """
         seen = self._t - self._start.cpu().numpy()
+        if self.refresh and self.cache.ring.filled == self.context:
+            seen = np.minimum(seen, self.context - self.refresh)
         return np.minimum(seen, self.context - 1)
 
     def reset(self, envs: Sequence[int] | np.ndarray | None = None) -> None:
@@ -479,9 +548,18 @@ class LDMPolicy:
     def _backbone(self, embeds: torch.Tensor) -> torch.Tensor:
         """Advance the ring by one step and run the backbone on it: hidden `(N, hidden)`."""
         ring, cap = self.cache.ring, self.context
-        self._rebase()
-        ring.slot = self._t % cap
-        ring.filled = min(self._t + 1, cap)
+        if self.refresh == 0:  # ring: overwrite the oldest slot
+            self._rebase()
+            ring.slot = self._t % cap
+            ring.filled = min(self._t + 1, cap)
+        else:  # exact / chunked: append; once full, refill from the last context - refresh
+            if ring.filled == cap:
+                self._refill()
+            ring.slot = ring.filled
+            ring.filled += 1
+            if self._history is None:
+                self._history = embeds.new_zeros((self.num_envs, cap, embeds.shape[-1]))
+            self._history[:, self._t % cap] = embeds[:, 0]
         self._slot_step[ring.slot] = self._t
         visible = self._slot_step[None, : ring.filled] >= self._start[:, None]  # (N, filled)
         mask = None
@@ -503,6 +581,55 @@ class LDMPolicy:
             config._attn_implementation = trained_with
         self._t += 1
         return out.last_hidden_state[:, 0]
+
+    def _refill(self) -> None:
+        """Recompute the cache from scratch over the last `context - refresh` transitions.
+
+        `exact` and `chunked` modes, when the cache is full. Their meta-tokens (kept in
+        `_history`) go through the backbone as one causal sequence per env, positions from 0 at
+        the window's first transition (as in training), and the keys and values land in slots
+        `[0, K)`. An env reset inside the window starts its window at its reset: earlier slots
+        are hidden from it, and its positions count from there. The steps that follow append
+        to the cache, each then a forward over exactly its last transitions.
+        """
+        ring, cap = self.cache.ring, self.context
+        k, t = cap - self.refresh, self._t
+        self._slot_step.fill_(-1)
+        ring.slot, ring.filled = 0, k
+        # each env's window: from its reset or the refill's first step, whichever is later
+        self._start.clamp_(min=t - k)
+        self._base.copy_(self._start)
+        if k == 0:
+            return
+        assert self._history is not None
+        steps = torch.arange(t - k, t, device=self.device)
+        self._slot_step[:k] = steps
+        embeds = self._history[:, steps % cap]  # (N, K, hidden), oldest first
+        visible = steps[None] >= self._start[:, None]  # (N, K): slots of each env's window
+        mask = None  # every env's window is all K: the plain causal prefill (SDPA's is_causal)
+        if not bool(visible.all()):  # some env was reset inside: a 4D mask, passed through
+            causal = torch.ones(k, k, dtype=torch.bool, device=self.device).tril()
+            eye = torch.eye(k, dtype=torch.bool, device=self.device)
+            # a hidden row attends to itself (no all-masked softmax); no visible row sees it
+            allowed = (causal & visible[:, None, :]) | eye
+            zero = torch.zeros((), dtype=self.dtype, device=self.device)
+            mask = torch.where(allowed, zero, torch.finfo(self.dtype).min)[:, None]  # (N,1,K,K)
+        positions = (steps[None] - self._base[:, None]).clamp_(min=0)
+        # the trained attention implementation (K queries, not one) into an empty DynamicCache,
+        # then its keys and values are copied into the ring: O(K) per layer beside the
+        # prefill's O(K^2)
+        prefill = DynamicCache()
+        self.model.backbone(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=prefill,
+            use_cache=True,
+        )
+        for ring_layer, layer in zip(self.cache.layers, prefill.layers, strict=True):
+            assert isinstance(ring_layer, RingLayer)
+            assert layer.keys is not None and layer.values is not None
+            ring_layer.fill(layer.keys, layer.values)
 
     def _rebase(self) -> None:
         """Rotate back by `context` the cached keys of envs whose next position hits 2 * context.
