@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 from ldm_autorl import layout, pipeline
 from ldm_autorl.cli import app
 from ldm_autorl.executors import LocalExecutor
+from ldm_autorl.jobs import FINAL_EVAL_EPISODES
+from ldm_autorl.random_baseline import load_random_score
 from ldm_envs import tracking
 from ldm_envs.dataset.index import read_index
 from ldm_envs.dataset.shards import ShardReader
@@ -116,13 +118,27 @@ def test_reference_runs_record_and_relabel(ranked, root):
             steps = reader.column("step")
             assert steps[0] == 0 and np.all(np.diff(reader.column("episode")) >= 0)
         assert rows >= BUDGET
+        # the final policy, acting deterministically, as rl-zoo's benchmark measures it
+        assert len(res.final_returns) == FINAL_EVAL_EPISODES
+        assert res.final_mean == pytest.approx(np.mean(res.final_returns))
 
 
 def test_filter_tags_runs_and_builds_the_index(ranked, root):
-    table = pipeline.filter_runs("toy", root=root)
+    table = pipeline.filter_runs("toy", root=root, random_episodes=4)
     assert table.height == 2
-    assert set(table.columns) >= {"kept", "reason", "threshold"}
+    assert set(table.columns) >= {"kept", "reason", "threshold", "random_mean", "pct_of_zoo"}
+    for row in table.iter_rows(named=True):
+        # a random policy measured once per env through the library's worker, kept on disk
+        score = load_random_score(root, "toy", row["env_id"])
+        assert score is not None and score.episodes == 4
+        assert row["random_mean"] == pytest.approx(score.mean)
+        # the toy library is not in rl-zoo's benchmark: no zoo score, nothing made up
+        assert row["zoo_best"] is None and row["pct_of_zoo"] is None
     runs, episodes = read_index(root)
+    for stats in runs["stats"].to_list():
+        decision = json.loads(stats)
+        assert decision["random_mean"] is not None
+        assert decision["beats_random"] == (decision["last10_mean"] > decision["random_mean"])
     assert runs.height > 0 and episodes.height > 0
     assert runs["kept"].null_count() == 0
     assert set(runs["reason"].to_list()) <= set(table["reason"].to_list())
@@ -133,6 +149,7 @@ def test_filter_tags_runs_and_builds_the_index(ranked, root):
         (run,) = runs_with_tag("reference", key)
         assert run.data.tags[tracking.TAG_DECISION] == ("kept" if row["kept"] else "dropped")
         assert run.data.tags[tracking.TAG_REASON] == row["reason"]
+        assert run.data.metrics["random_mean"] == pytest.approx(row["random_mean"])
     result = CliRunner().invoke(app, ["dataset", "--root", str(root)])
     assert result.exit_code == 0, result.output
     assert "kept transitions" in result.output

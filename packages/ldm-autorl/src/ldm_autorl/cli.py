@@ -55,6 +55,31 @@ def _executor(name: str, address: str | None, workers: int | None):
     return make_executor(name, address=address, max_workers=workers)
 
 
+#: The filter table's columns shown in a terminal (all of them are logged to MLflow).
+_FILTER_COLUMNS = [
+    "env_id",
+    "candidate",
+    "seed",
+    "budget",
+    "kept",
+    "reason",
+    "first10_mean",
+    "last10_mean",
+    "final_mean",
+    "random_mean",
+    "zoo_best",
+    "pct_of_zoo",
+    "final_pct_of_zoo",
+]
+
+
+def _print_decisions(df: pl.DataFrame, library: str) -> None:
+    _print_frame(
+        df.select([c for c in _FILTER_COLUMNS if c in df.columns]),
+        f"filter decisions for {library} (pct_of_zoo: 0 = random policy, 1 = rl-zoo's best)",
+    )
+
+
 def _print_frame(df: pl.DataFrame, title: str) -> None:
     table = Table(title=title)
     for col in df.columns:
@@ -153,15 +178,36 @@ def train(
         raise typer.Exit(1)
 
 
+RandomEpisodesOpt = Annotated[
+    int,
+    typer.Option(
+        "--random-episodes",
+        help="episodes of a random policy per env, the bar a reference must clear and the "
+        "zero of %-of-zoo (measured once per data root; 0: skip)",
+    ),
+]
+
+
 @app.command("filter")
-def filter_(library: str, root: RootOpt = None) -> None:
-    """Apply the improvement and performance filters; record decisions; rebuild the index."""
+def filter_(
+    library: str,
+    backend: BackendOpt = "venv",
+    random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
+    root: RootOpt = None,
+) -> None:
+    """Apply the improvement, performance and better-than-random filters; rebuild the index.
+
+    The table shows each run's last-10% return beside a random policy's and the best score
+    rl-baselines3-zoo publishes for the env (`pct_of_zoo`: 0 = random, 1 = zoo).
+    """
     try:
-        table = pipeline.filter_runs(library, root=_root(root))
+        table = pipeline.filter_runs(
+            library, root=_root(root), backend=backend, random_episodes=random_episodes
+        )
     except (LdmEnvsError, FileNotFoundError) as exc:
         _fail(exc)
     if table.height:
-        _print_frame(table, f"filter decisions for {library}")
+        _print_decisions(table, library)
     else:
         console.print(f"no reference runs for {library}: run `ldm-autorl train {library}`")
 
@@ -216,6 +262,7 @@ def run(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     backend: BackendOpt = "venv",
+    random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
     root: RootOpt = None,
 ) -> None:
     """Run rank -> train -> filter, resumable: finished runs are never redone or duplicated.
@@ -248,11 +295,13 @@ def run(
             env_ids=env,
             backend=backend,
         )
-        table = pipeline.filter_runs(library, root=data_root)
+        table = pipeline.filter_runs(
+            library, root=data_root, backend=backend, random_episodes=random_episodes
+        )
     except (LdmEnvsError, FileNotFoundError, KeyError) as exc:
         _fail(exc)
     if table.height:
-        _print_frame(table, f"filter decisions for {library}")
+        _print_decisions(table, library)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m ldm_autorl.cli`

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from ldm_autorl import layout
@@ -25,6 +26,9 @@ from ldm_envs.dataset.shards import ShardMeta, ShardWriter
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library
 from ldm_envs.sb3 import LdmSB3VecEnv
+
+#: Episodes of the final deterministic policy after a reference run (the zoo evaluates so).
+FINAL_EVAL_EPISODES = 10
 
 
 class RunResult(BaseModel):
@@ -54,6 +58,10 @@ class RunResult(BaseModel):
     learn_seconds: float
     record_seconds: float
     relabel_seconds: float = 0.0
+    #: Returns of the final policy acting deterministically (reference runs): the policy the
+    #: relabeled actions come from, measured as rl-baselines3-zoo measures its benchmark.
+    final_returns: list[float] = []
+    final_mean: float | None = None
 
     @field_validator("first10_mean", "last10_mean", mode="before")
     @classmethod
@@ -79,6 +87,34 @@ def _one_torch_thread() -> None:
         import torch
 
         torch.set_num_threads(1)
+
+
+def final_policy_returns(
+    model: Any,
+    spec: Any,
+    env_id: str,
+    *,
+    n_envs: int,
+    backend: str,
+    seed: int,
+    episodes: int = FINAL_EVAL_EPISODES,
+) -> list[float]:
+    """`episodes` returns of the trained model acting deterministically, on fresh envs.
+
+    SB3's `evaluate_policy` over the library's isolated envs (the worker reports Monitor's
+    episode statistics), seeded apart from training.
+    """
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    venv = LdmSB3VecEnv(spec, env_id, min(n_envs, episodes), backend=backend)
+    try:
+        venv.seed(seed + 10_000)
+        returns, _ = evaluate_policy(
+            model, venv, n_eval_episodes=episodes, deterministic=True, return_episode_rewards=True
+        )
+    finally:
+        venv.close()
+    return [float(r) for r in returns]
 
 
 def train_run(
@@ -167,6 +203,7 @@ def train_run(
         env.close()
         relabel_seconds = 0.0
         model_file = None
+        final_returns: list[float] = []
         if record:
             relabel_start = time.perf_counter()
             for path in paths:
@@ -178,6 +215,9 @@ def train_run(
             model.save(tmp)
             tmp.replace(model_file)
             run.log_artifact(model_file, "model")
+            final_returns = final_policy_returns(
+                model, spec, env_id, n_envs=cand.n_envs, backend=backend, seed=seed
+            )
         returns = env.episode_returns
         first = window(returns, "first")
         last = window(returns, "last")
@@ -200,9 +240,12 @@ def train_run(
             learn_seconds=learn_seconds,
             record_seconds=env.record_seconds,
             relabel_seconds=relabel_seconds,
+            final_returns=final_returns,
+            final_mean=float(np.mean(final_returns)) if final_returns else None,
         )
         run.log_metrics(
             {
+                **({"final_mean_return": result.final_mean} if final_returns else {}),
                 "episodes": len(returns),
                 "first10_mean_return": result.first10_mean,
                 "last10_mean_return": result.last10_mean,

@@ -108,6 +108,17 @@ class FilterDecision(BaseModel):
     best_last10_mean: float
     baseline: float
     threshold: float
+    #: Spread of the two windows: an improvement smaller than them is within the run's noise.
+    first10_std: float = float("nan")
+    last10_std: float = float("nan")
+    #: A random policy's mean return on the env (None: not measured) and whether the run's
+    #: last-10% mean is above it.
+    random_mean: float | None = None
+    beats_random: bool | None = None
+    #: The final policy's deterministic mean return (it relabels the data) and whether it is
+    #: above the random policy's.
+    final_mean: float | None = None
+    final_beats_random: bool | None = None
 
 
 def improvement(returns: Sequence[float]) -> tuple[bool, float, float, float]:
@@ -137,8 +148,26 @@ def performance_threshold(best_last: float, baseline: float) -> float:
     return baseline + PERFORMANCE_FRACTION * gain
 
 
-def decide(runs: Mapping[str, Sequence[float]]) -> dict[str, FilterDecision]:
-    """Apply both filters to the runs of one env (run key -> its episode returns in order)."""
+def _std(values: np.ndarray) -> float:
+    return float(np.std(values)) if values.size else float("nan")
+
+
+def decide(
+    runs: Mapping[str, Sequence[float]],
+    random_mean: float | None = None,
+    final_means: Mapping[str, float | None] | None = None,
+) -> dict[str, FilterDecision]:
+    """Apply both filters to the runs of one env (run key -> its episode returns in order).
+
+    With `random_mean` (a random policy's mean return on the env), a run whose last-10% mean
+    is not above it is dropped too, and says so: it passed the paper's filters only because
+    it improved on a start worse than random (MountainCarContinuous learning to push less
+    hard, from -52 to -43, while random scores -33), and its data teaches nothing. So is a
+    run whose final policy, acting deterministically (`final_means`, per run key), is not
+    above random: that policy relabels every recorded action, and a DQN that collapsed in its
+    last updates (CartPole at 50k: last-10% 134, final policy 20) would teach its collapse.
+    """
+    final_means = final_means or {}
     summary = {key: improvement(r) for key, r in runs.items() if len(r)}
     if summary:
         best_last = max(s[3] for s in summary.values())
@@ -158,9 +187,13 @@ def decide(runs: Mapping[str, Sequence[float]]) -> dict[str, FilterDecision]:
                 best_last10_mean=best_last,
                 baseline=baseline,
                 threshold=threshold,
+                random_mean=random_mean,
             )
             continue
         significant, p, first, last = summary[key]
+        beats_random = None if random_mean is None else bool(last > random_mean)
+        final = final_means.get(key)
+        final_beats = None if random_mean is None or final is None else bool(final > random_mean)
         if not significant:
             reason, kept = f"no significant improvement (Welch p={p:.3g} >= {ALPHA})", False
         elif last < threshold - 1e-9:
@@ -168,6 +201,17 @@ def decide(runs: Mapping[str, Sequence[float]]) -> dict[str, FilterDecision]:
                 f"final return {last:.4g} below {PERFORMANCE_FRACTION:.0%} of the best run's "
                 f"improvement (threshold {threshold:.4g}, best {best_last:.4g}, "
                 f"baseline {baseline:.4g})"
+            )
+            kept = False
+        elif beats_random is False:
+            reason = (
+                f"not better than a random policy (last-10% {last:.4g} <= random {random_mean:.4g})"
+            )
+            kept = False
+        elif final_beats is False:
+            reason = (
+                f"final policy not better than a random policy (deterministic mean {final:.4g} "
+                f"<= random {random_mean:.4g}); it relabels the data"
             )
             kept = False
         else:
@@ -181,5 +225,11 @@ def decide(runs: Mapping[str, Sequence[float]]) -> dict[str, FilterDecision]:
             best_last10_mean=best_last,
             baseline=baseline,
             threshold=threshold,
+            first10_std=_std(window(runs[key], "first")),
+            last10_std=_std(window(runs[key], "last")),
+            random_mean=random_mean,
+            beats_random=beats_random,
+            final_mean=final,
+            final_beats_random=final_beats,
         )
     return out

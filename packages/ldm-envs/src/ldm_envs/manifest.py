@@ -10,9 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import os
 import re
-import tempfile
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from pydantic import (
     field_validator,
 )
 
+from ldm_envs.atomic import atomic_write_bytes
 from ldm_envs.errors import ManifestError, SpaceError, UnknownEnvError
 from ldm_envs.spaces import Space, check_limits
 
@@ -339,15 +338,5 @@ def write_manifest(spec: EnvLibrarySpec, path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to `path` through a temporary sibling and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write text (UTF-8) to `path` through a temporary sibling and `os.replace`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
