@@ -95,6 +95,16 @@ def train(
         typer.Option("--out", "-o", help="run folder (default <data home>/models/<model>-<hash>)"),
     ] = None,
     mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log to MLflow")] = True,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            help="evaluate every N steps and at the end (share of envs at >=80%/100% of "
+            "reference; needs an `ldm.train_callbacks` plugin: ldm-eval)"
+        ),
+    ] = None,
+    eval_episodes: Annotated[
+        int | None, typer.Option(help="episodes per rollout of those evaluations (default 10)")
+    ] = None,
     stop_after: Annotated[
         int | None, typer.Option(help="stop after this many steps (resume by running again)")
     ] = None,
@@ -133,6 +143,8 @@ def train(
             device=device,
             out=out,
             mlflow=mlflow,
+            eval_every=eval_every,
+            eval_episodes=eval_episodes,
         )
     except (ValidationError, KeyError, ValueError) as exc:
         _fail(exc.args[0] if isinstance(exc, KeyError) else exc)

@@ -1,11 +1,13 @@
-"""Model configurations: a pydantic model, and the named ones (tiny for CPU, the paper's four).
+"""Model configurations: a pydantic model, and the named ones (CPU-sized, the paper's four).
 
 The paper gives its models by parameter count (32M, 70M, 308M, 736M) and its main one as 12
 layers, 12 heads, hidden 768, context 2048 transitions. How those counts split between the
 embeddings and the backbone is ours: every value is embedded at `token_dim` and the meta-token
 merge is one linear layer over all of them, so `token_dim` and the MLP width were chosen to land
 each named config within 1% of the paper's count (`ldm-model configs` prints the counts; a test
-checks them). The 308M config is the paper's 12 x 12 x 768 at context 2048.
+checks them). The 308M config is the paper's 12 x 12 x 768 at context 2048. The CPU-sized ones,
+`tiny` (2.2M), `small` (5.1M) and `base` (13.3M), share a context of 64 transitions, so they
+can train on the same windows for a model-size comparison (`ldm-eval sizes`).
 """
 
 from __future__ import annotations
@@ -66,6 +68,28 @@ NAMED_CONFIGS: dict[str, ModelConfig] = {
         context=64,
         token_dim=8,
         image_dim=64,
+    ),
+    # CPU-scale steps between `tiny` and `32M` for model-size comparisons (`ldm-eval sizes`):
+    # 2.2M -> 5.1M -> 13.3M parameters, same context, each a few times slower per step.
+    "small": ModelConfig(
+        name="small",
+        hidden_size=128,
+        num_layers=3,
+        num_heads=4,
+        intermediate_size=512,
+        context=64,
+        token_dim=16,
+        image_dim=128,
+    ),
+    "base": ModelConfig(
+        name="base",
+        hidden_size=256,
+        num_layers=4,
+        num_heads=8,
+        intermediate_size=1024,
+        context=64,
+        token_dim=32,
+        image_dim=256,
     ),
     "32M": ModelConfig(
         name="32M",

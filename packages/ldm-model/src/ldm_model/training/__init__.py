@@ -4,6 +4,7 @@
 what it saved (refusing another config or a corrupt file with a message that says which).
 """
 
+from ldm_model.training.callbacks import TrainerCallback, TrainingState
 from ldm_model.training.checkpoint import (
     Checkpoint,
     CheckpointConfigError,
@@ -44,7 +45,9 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainerCallback",
     "TrainingError",
+    "TrainingState",
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",

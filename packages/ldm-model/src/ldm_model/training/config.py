@@ -7,8 +7,8 @@ Fields fall in three groups, and the split is what makes resuming and tracking w
   be the run that was interrupted;
 - `steps`: the length of the run. A finished run can be extended by asking for more steps with
   the same `out` (it is part of the MLflow run key, so the extension is its own MLflow run);
-- how the run is carried out (`out`, `num_workers`, `device`, logging and checkpoint cadence,
-  `mlflow`): free to change between a run and its resumption.
+- how the run is carried out (`out`, `num_workers`, `device`, logging, checkpoint and
+  evaluation cadence, `mlflow`): free to change between a run and its resumption.
 
 Weight decay: the paper names AdamW (0.9, 0.999, 1e-8) at a constant 2.5e-4 and no decay value;
 we keep PyTorch's AdamW default of 0.01, applied to the weights of linear and convolutional
@@ -28,7 +28,7 @@ from ldm_model.config import ModelConfig, get_config
 
 #: Global batch (windows per step) when none is given: the paper's 1024 for its configs, a
 #: CPU-sized one for `tiny`.
-DEFAULT_BATCH_SIZE: dict[str, int] = {"tiny": 32}
+DEFAULT_BATCH_SIZE: dict[str, int] = {"tiny": 32, "small": 32, "base": 32}
 PAPER_BATCH_SIZE = 1024
 
 #: Fields that only say how a run is carried out (free to change on resume, not in the run key).
@@ -42,6 +42,8 @@ EXECUTION_FIELDS: frozenset[str] = frozenset(
         "checkpoint_every",
         "keep_checkpoints",
         "mlflow",
+        "eval_every",
+        "eval_episodes",
     }
 )
 #: Fields that may change between a run and its resumption besides the execution ones.
@@ -90,6 +92,12 @@ class TrainConfig(BaseModel):
     #: named after the run key, so the same command resumes the same run).
     out: Path | None = None
     mlflow: bool = True
+    #: Steps between evaluations during training (and one at the last step), run by the
+    #: training callbacks (`training.callbacks`; ldm-eval's evaluator logs the share of trained
+    #: envs at >= 80% / 100% of reference). None: no evaluation during training.
+    eval_every: int | None = Field(default=None, gt=0)
+    #: Episodes per rollout of those evaluations (None: the protocol's 10).
+    eval_episodes: int | None = Field(default=None, gt=0)
 
     @field_validator("model", mode="before")
     @classmethod

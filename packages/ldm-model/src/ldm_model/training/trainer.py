@@ -15,6 +15,10 @@ What the loop guarantees, and how:
   dropout, so a run restarted from step k sees the batches and computes the updates the
   uninterrupted run would have. A checkpoint made under other options, or a dataset whose
   sampled runs changed, is refused rather than silently continued.
+- **Evaluation during training goes through callbacks.** Every `eval_every` steps (and at the
+  last step) rank 0 calls the `TrainerCallback`s (`training.callbacks`) with the live model,
+  under a forked RNG, and logs what they return on the run at that step; the other ranks wait.
+  This package never imports ldm-eval: its evaluator comes in as a callback.
 - **A diverging run stops at once.** A non-finite loss or gradient norm raises
   `NonFiniteLossError` with the step and the env ids of the batch's windows before the
   optimizer touches the weights; the MLflow run ends FAILED with the error in `ldm.error`.
@@ -32,7 +36,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +47,7 @@ from torch import nn
 from ldm_model.batch import Batch
 from ldm_model.model import LDM
 from ldm_model.tokenizer import TokenizationError
+from ldm_model.training.callbacks import CallbackPluginError, TrainingState, discover_callbacks
 from ldm_model.training.checkpoint import (
     CHECKPOINTS_DIR,
     CheckpointConfigError,
@@ -66,6 +71,7 @@ if TYPE_CHECKING:
 
     from ldm_envs.tracking import RunHandle
     from ldm_model.data.windows import WindowSampler
+    from ldm_model.training.callbacks import TrainerCallback
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -126,6 +132,9 @@ class TrainResult:
     mlflow_run_id: str | None = None
     #: True when `stop_after` ended the call before `steps`.
     paused: bool = False
+    #: Wall seconds of this call's loop, and of them, in the callbacks' `on_eval_step`.
+    wall_seconds: float = 0.0
+    eval_seconds: float = 0.0
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -358,10 +367,13 @@ class Trainer:
         ctx: DistContext,
         console: Console | None = None,
         allow_data_change: bool = False,
+        callbacks: Sequence[TrainerCallback] = (),
     ) -> None:
         from ldm_model.data.windows import WindowSampler
 
         self.config = config
+        self.callbacks = list(callbacks)
+        self._t0 = time.perf_counter()
         self.ctx = ctx
         self.console = console
         self.model_config = config.resolved_model()
@@ -606,7 +618,11 @@ class Trainer:
                 dataset=self.dataset, num_parameters=self.num_parameters, out=self.out, ctx=ctx
             ):
                 result.mlflow_run_id = tracking.run_id
+                self._t0 = time.perf_counter()
+                self._call_back("on_train_start", self.start_step, tracking, result)
                 self._loop(end, tracking, result, progress=progress and ctx.is_main)
+                result.wall_seconds = time.perf_counter() - self._t0
+                self._call_back("on_train_end", result.step, tracking, result)
                 if result.step < config.steps:
                     raise TrainingPaused(result.step)
                 if ctx.is_main and result.checkpoint is not None:
@@ -671,7 +687,53 @@ class Trainer:
                         tracking.checkpoint(result.checkpoint)
                     else:
                         result.checkpoint = self.out / CHECKPOINTS_DIR / step_dir_name(done)
+                every = config.eval_every
+                if every and (done % every == 0 or done == config.steps):
+                    # every rank agrees on these steps whatever callbacks it holds (no hang)
+                    saved = done % config.checkpoint_every == 0 or done == end
+                    self._call_back(
+                        "on_eval_step",
+                        done,
+                        tracking,
+                        result,
+                        checkpoint=result.checkpoint if saved else None,
+                    )
+                    ctx.barrier()  # the other ranks wait for rank 0's evaluation
         ctx.barrier()
+
+    def _call_back(
+        self,
+        hook: str,
+        step: int,
+        tracking: _Tracking,
+        result: TrainResult,
+        *,
+        checkpoint: Path | None = None,
+    ) -> None:
+        """Call `hook` of every callback on rank 0 (RNG forked: training draws stay the same)."""
+        if not (self.callbacks and self.ctx.is_main):
+            return
+        state = TrainingState(
+            config=self.config,
+            out=self.out,
+            step=step,
+            start_step=self.start_step,
+            transitions=self.transitions,
+            model=self.ldm,
+            dataset=self.dataset,
+            checkpoint=checkpoint,
+            run=tracking.handle,
+            elapsed_s=time.perf_counter() - self._t0,
+        )
+        t0 = time.perf_counter()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for callback in self.callbacks:
+                metrics = getattr(callback, hook)(state)
+                if hook == "on_eval_step" and metrics:
+                    tracking.log({"step": step, **metrics})
+        if hook == "on_eval_step":
+            result.eval_seconds += time.perf_counter() - t0
 
     def _write_curve(self) -> None:
         fig = loss_curve_figure(read_metrics(self.out), f"{self.model_config.name}: training loss")
@@ -798,6 +860,7 @@ def train(
     progress: bool = True,
     console: Console | None = None,
     allow_data_change: bool = False,
+    callbacks: Sequence[TrainerCallback] | None = None,
 ) -> TrainResult:
     """Train (or resume training) as `config` says, in this process or as a `torchrun` rank.
 
@@ -808,14 +871,27 @@ def train(
         progress: show a rich progress bar on rank 0.
         console: where rank 0 prints (None: nothing but the progress bar on stderr).
         allow_data_change: resume even when the dataset's sampled runs changed.
+        callbacks: called on rank 0 every `config.eval_every` steps (see `training.callbacks`);
+            None: those of the `ldm.train_callbacks` plugins when `eval_every` is set.
 
     Raises:
         TrainingError: no dataset, a run folder holding another run (`ResumeError`), a
-            non-finite loss (`NonFiniteLossError`).
+            non-finite loss (`NonFiniteLossError`), `eval_every` without a callback plugin.
     """
+    if callbacks is None:
+        try:
+            callbacks = discover_callbacks(config)
+        except CallbackPluginError as exc:
+            raise TrainingError(str(exc)) from None
     ctx = init_distributed(config.device)
     try:
-        trainer = Trainer(config, ctx=ctx, console=console, allow_data_change=allow_data_change)
+        trainer = Trainer(
+            config,
+            ctx=ctx,
+            console=console,
+            allow_data_change=allow_data_change,
+            callbacks=callbacks,
+        )
         return trainer.run(stop_after=stop_after, progress=progress)
     finally:
         shutdown_distributed(ctx)
