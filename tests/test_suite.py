@@ -10,6 +10,7 @@ import textwrap
 import uuid
 
 import mlflow
+import polars as pl
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -73,6 +74,34 @@ def test_an_undeclared_env_and_an_unknown_model_config_are_named(tmp_path):
     msg = load_error(path)
     assert "field libraries.0.envs:" in msg and "Nope-v0" in msg and "ShortCartPole-v1" in msg
     assert "field model.config:" in msg and "tiny" in msg
+
+
+def test_env_budgets_must_name_the_suites_envs(tmp_path):
+    path = write(
+        tmp_path,
+        """
+        name: x
+        libraries: [{name: toy, envs: [CartPole-v1], env_budgets: {Pendulum-v1: 100}}]
+        """,
+    )
+    msg = load_error(path)
+    assert "field libraries.0:" in msg and "Pendulum-v1" in msg and "CartPole-v1" in msg
+    ok = load_suite(
+        write(
+            tmp_path,
+            """
+            name: x
+            libraries:
+              - name: toy
+                envs: [CartPole-v1, Pendulum-v1, ShortCartPole-v1]
+                train_budget: 50
+                env_budgets: {Pendulum-v1: 100}
+            """,
+            "ok.yaml",
+        )
+    )
+    groups = ok.libraries[0].budget_groups()
+    assert groups == {50: ["CartPole-v1", "ShortCartPole-v1"], 100: ["Pendulum-v1"]}
 
 
 def test_yaml_and_shape_errors_name_the_file(tmp_path):
@@ -152,9 +181,12 @@ libraries:
     top_n: 1
     rank_budget: 1800
     train_budget: 8192
+    env_budgets: {{CartPole-v1: 4096}}
+    random_episodes: 3
     workers: 2
 probe: {{check_steps: 20}}
-model: {{config: tiny, steps: 30, batch_size: 8, checkpoint_every: 30}}
+model: {{config: tiny, steps: 30, batch_size: 8, checkpoint_every: 30, eval_every: 15,
+         eval_episodes: 1}}
 eval: {{episodes: 2, rollouts: 1, torch_threads: 1, resamples: 200}}
 """
 
@@ -183,12 +215,38 @@ def test_a_miniature_suite_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
         assert rec["status"] == "finished", (stage, rec)
         assert rec["wall_s"] is not None and rec["ended"] >= rec["started"]
         assert rec["commands"], stage
-    assert any("ldm-autorl rank toy" in c for c in record["stages"]["autorl"]["commands"])
+    commands = record["stages"]["autorl"]["commands"]
+    assert any("ldm-autorl rank toy" in c for c in commands)
+    # one train call per budget: CartPole at its own, the rest at the library's
+    trains = [c for c in commands if c.startswith("ldm-autorl train toy")]
+    assert len(trains) == 2
+    assert any("--budget 4096" in c and "--env CartPole-v1" in c for c in trains)
+    assert any("--budget 8192" in c and "--env Pendulum-v1" in c for c in trains)
+    assert any("ldm-autorl filter toy" in c and "--random-episodes 3" in c for c in commands)
+    folder = record_path.parent
+    # every env of the suite, with its reference or the filter's reasons for having none
+    references = pl.read_csv(folder / "references.csv")
+    assert sorted(references["env_id"].to_list()) == ["CartPole-v1", "Pendulum-v1"]
+    assert {"ref_random_mean", "zoo_best", "ref_pct_of_zoo", "dropped"} <= set(references.columns)
+    for row in references.iter_rows(named=True):
+        if row["reference_status"] == "ok":
+            assert row["ref_random_mean"] is not None
+        else:
+            assert row["dropped"], row
+    per_env = pl.read_csv(folder / "per_env.csv")
+    assert {"ref_first10", "ref_last10", "ldm_return", "random_return"} <= set(per_env.columns)
+    for table in ("summary.csv", "threshold_curve.csv"):
+        assert (folder / table).is_file()
     assert "Pipeline: suite" in first.report.read_text()
     report = first.report.read_text()
     for stage in STAGES:
         assert f"<td class='l'>{stage}</td><td class='l'>finished</td>" in report
     assert "Summary" in report  # the evaluation report follows the pipeline section
+    # the evaluations during training (Fig. 3): their curve and cost beside the report
+    assert "eval during training:" in report
+    curve = (data_home() / "suites" / name / "training_curve.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in curve[1:]] == ["15", "30"]
+    assert "<h2>References</h2>" in report and "% of zoo" in report
 
     tracking.setup()
     for stage in ("ranking", "reference", "filter", "dataset", "model", "eval"):

@@ -42,6 +42,9 @@ _EXPORTS = {
     "evaluate": "ldm_eval.pipeline",
     "plan_envs": "ldm_eval.pipeline",
     "score_policies": "ldm_eval.pipeline",
+    "SizesConfig": "ldm_eval.model_sizes",
+    "compare_sizes": "ldm_eval.model_sizes",
+    "TrainingEvaluator": "ldm_eval.training_curve",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -203,6 +203,111 @@ def suite(
         raise typer.Exit(130) from None
 
 
+@app.command()
+def sizes(
+    root: Annotated[Path, typer.Option("--root", help="dataset root (an ldm-autorl data root)")],
+    config: Annotated[
+        list[str],
+        typer.Option("--config", "-c", help="named model config, repeatable, small to large"),
+    ],
+    steps: Annotated[int, typer.Option(help="training steps of every size")] = 300,
+    batch_size: Annotated[int, typer.Option(help="windows per step of every size")] = 32,
+    context: Annotated[
+        int | None, typer.Option(help="window length (default: the smallest config context)")
+    ] = None,
+    library: Annotated[
+        list[str] | None,
+        typer.Option("--library", "-l", help="train on this library only, repeatable"),
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="train on these env ids only, repeatable")
+    ] = None,
+    lr: Annotated[float, typer.Option(help="learning rate")] = 2.5e-4,
+    seed: Annotated[int, typer.Option(help="training seed and env seed of rollout 0")] = 0,
+    device: Annotated[str, typer.Option(help="training device: auto, cpu, cuda")] = "auto",
+    episodes: Annotated[int, typer.Option(help="episodes per rollout")] = 10,
+    rollouts: Annotated[int, typer.Option(help="fresh rollouts per env")] = 2,
+    backend: Annotated[
+        str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
+    ] = "venv",
+    workers: Annotated[int | None, typer.Option(help="workers per library")] = None,
+    eval_device: Annotated[str, typer.Option(help="where the model acts when evaluated")] = "cpu",
+    torch_threads: Annotated[
+        int | None, typer.Option(help="torch threads while evaluating (1 on a busy machine)")
+    ] = None,
+    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="output folder (default <data home>/model-sizes/...)"),
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
+) -> None:
+    """Compare model sizes: same data, same steps x batch, the paper's protocol on each.
+
+    Per size: share of envs at >= 80% and >= 100% of reference, IQM with its bootstrap CI.
+    Writes model_sizes.csv and model_sizes.png; finished sizes are not trained again.
+    """
+    from pydantic import ValidationError
+    from rich.table import Table
+
+    from ldm_eval.model_sizes import SizesConfig, compare_sizes
+    from ldm_eval.protocol import EvalConfig
+
+    try:
+        settings = SizesConfig(
+            data_root=root,
+            configs=tuple(config),
+            steps=steps,
+            batch_size=batch_size,
+            context=context,
+            libraries=library,
+            env_ids=env,
+            lr=lr,
+            seed=seed,
+            device=device,
+            protocol=EvalConfig(
+                episodes=episodes,
+                rollouts=rollouts,
+                seed=seed,
+                backend=backend,
+                num_workers=workers,
+            ),
+            eval_device=eval_device,
+            torch_threads=torch_threads,
+            resamples=resamples,
+            out=out,
+            track=track,
+        )
+        outcome = compare_sizes(settings, console=err)
+    except (LdmEnvsError, ValueError, FileNotFoundError, ValidationError) as exc:
+        _fail(exc)
+
+    def pct(value: float | None) -> str:
+        return "" if value is None or value != value else f"{100 * value:.0f}"
+
+    table = Table(title=f"model sizes: {steps} steps x {batch_size} windows each")
+    for col in ("config", "params", "transitions", "train s", "scored", ">=80%", ">=100%"):
+        table.add_column(col, justify="right")
+    table.add_column("IQM % [95% CI]", justify="right")
+    for r in outcome.table.iter_rows(named=True):
+        table.add_row(
+            r["config"],
+            f"{r['parameters'] / 1e6:.2f}M",
+            f"{r['transitions']:,}",
+            "" if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
+            f"{r['envs_scored']}/{r['envs']}",
+            pct(r["share_ge_80"]),
+            pct(r["share_ge_100"]),
+            f"{pct(r['iqm'])} [{pct(r['iqm_ci_low'])}, {pct(r['iqm_ci_high'])}]",
+        )
+    console.print(table)
+    console.print(f"table: {outcome.csv}", highlight=False, soft_wrap=True)
+    console.print(f"per env: {outcome.per_env_csv}", highlight=False, soft_wrap=True)
+    console.print(f"plot: {outcome.png}", highlight=False, soft_wrap=True)
+    if outcome.mlflow_run_id:
+        console.print(f"MLflow run: {outcome.mlflow_run_id}", highlight=False)
+
+
 def _download(run_id: str, into: Path) -> Path:
     """Fetch an evaluation run's `eval/` artifacts (its run folder) from MLflow.
 

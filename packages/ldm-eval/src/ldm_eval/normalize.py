@@ -46,6 +46,20 @@ REFERENCE_SCHEMA: dict[str, pl.DataType] = {
     "ref_first10": pl.Float64(),
     "ref_last10": pl.Float64(),
     "ref_episodes": pl.Int64(),
+    # what the filter recorded (ldm-autorl): a random policy's mean return on the env, the
+    # best score rl-baselines3-zoo publishes for it, and the reference's last-10% on that scale
+    "ref_random_mean": pl.Float64(),
+    "zoo_best": pl.Float64(),
+    "zoo_algo": pl.String(),
+    "zoo_budget": pl.Int64(),
+    "ref_pct_of_zoo": pl.Float64(),
+    # the reference's final policy acting deterministically (what the zoo reports)
+    "ref_final_mean": pl.Float64(),
+    "ref_final_pct_of_zoo": pl.Float64(),
+    "ref_beats_random": pl.Boolean(),
+    # the reference's improvement (last - first 10%) is within the spread of its own windows,
+    # or it is not better than random: scores normalized by it swing wildly
+    "ref_ill_conditioned": pl.Boolean(),
     "kept_runs": pl.Int64(),
     "runs": pl.Int64(),
     "index_observation_space": pl.String(),
@@ -87,6 +101,40 @@ def _run_returns(runs: pl.DataFrame, episodes: pl.DataFrame) -> dict[str, list[f
         .agg(pl.col("return"))
     )
     return dict(zip(ordered["run_key"].to_list(), ordered["return"].to_list(), strict=True))
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _filter_context(stats: str | None, first: float | None, last: float | None) -> dict:
+    """Random, zoo and noise columns of a run from its filter stats (empty when absent)."""
+    try:
+        data = json.loads(stats) if stats else {}
+    except ValueError:
+        data = {}
+    spreads = [_number(data.get("first10_std")), _number(data.get("last10_std"))]
+    noisy = None
+    if first is not None and last is not None and all(x is not None for x in spreads):
+        pooled = math.sqrt((spreads[0] ** 2 + spreads[1] ** 2) / 2)  # type: ignore[operator]
+        noisy = (last - first) <= pooled
+    beats = data.get("beats_random")
+    beats = beats if isinstance(beats, bool) else None
+    return {
+        "ref_random_mean": _number(data.get("random_mean")),
+        "zoo_best": _number(data.get("zoo_best")),
+        "zoo_algo": data.get("zoo_algo") if isinstance(data.get("zoo_algo"), str) else None,
+        "zoo_budget": int(data["zoo_budget"]) if _number(data.get("zoo_budget")) else None,
+        "ref_pct_of_zoo": _number(data.get("pct_of_zoo")),
+        "ref_final_mean": _number(data.get("final_mean")),
+        "ref_final_pct_of_zoo": _number(data.get("final_pct_of_zoo")),
+        "ref_beats_random": beats,
+        "ref_ill_conditioned": None
+        if noisy is None and beats is None
+        else bool(noisy) or beats is False,
+    }
 
 
 def _filter_edges(stats: str | None) -> tuple[float | None, float | None]:
@@ -179,6 +227,7 @@ def reference_runs(
                 ref_first10=best["first10"],
                 ref_last10=best["last10"],
                 ref_episodes=best["n_episodes"],
+                **_filter_context(best.get("stats"), best["first10"], best["last10"]),
             )
         rows.append(row)
     return pl.DataFrame(rows, schema=REFERENCE_SCHEMA)

@@ -157,9 +157,74 @@ def _meta_html(tables: EvalTables) -> str:
     return f"<table class='meta'>{rows}</table>"
 
 
+#: The references table: each env's reference run against a random policy and rl-zoo.
+_REFERENCE_COLUMNS = [
+    "library",
+    "env_id",
+    "reference_status",
+    "reference_candidate",
+    "reference_run_key",
+    "ref_first10",
+    "ref_last10",
+    "ref_final_mean",
+    "ref_random_mean",
+    "zoo_best",
+    "zoo_algo",
+    "zoo_budget",
+    "ref_pct_of_zoo",
+    "ref_final_pct_of_zoo",
+    "ref_beats_random",
+    "ref_ill_conditioned",
+]
+
+
+#: A reference whose final policy is below this share of rl-zoo's best is called out.
+ZOO_TARGET = 0.9
+
+
+def _budget_of(row: Mapping[str, Any]) -> str:
+    """The reference run's budget, read from its run key (`.../b<budget>`)."""
+    key = row.get("reference_run_key") or ""
+    tail = key.rsplit("/b", 1)[-1]
+    return f"{int(tail):,} transitions" if tail.isdigit() else "its budget"
+
+
+def references_frame(tables: EvalTables) -> pl.DataFrame:
+    """One row per planned env: its reference's raw returns beside random and rl-zoo's best."""
+    first = tables.scores.filter(pl.col("policy") == tables.scores["policy"].first())
+    return first.select([c for c in _REFERENCE_COLUMNS if c in first.columns])
+
+
+def _references_html(tables: EvalTables) -> str:
+    if tables.scores.is_empty():
+        return "<p>No envs.</p>"
+    df = references_frame(tables)
+    flagged = []
+    for row in df.iter_rows(named=True):
+        if row.get("ref_beats_random") is False:
+            flagged.append(f"{row['env_id']}: the reference is not better than a random policy")
+        elif row.get("ref_ill_conditioned"):
+            flagged.append(
+                f"{row['env_id']}: the reference's improvement is within the spread of its own "
+                "first/last 10% (normalized scores swing widely)"
+            )
+        final = row.get("ref_final_pct_of_zoo")
+        if final is not None and final < ZOO_TARGET and row.get("zoo_budget"):
+            flagged.append(
+                f"{row['env_id']}: the reference's final policy is at {final:.0%} of rl-zoo's "
+                f"best (target {ZOO_TARGET:.0%}) after {_budget_of(row)}; rl-zoo's "
+                f"{row['zoo_algo']} reached {row['zoo_best']:.4g} after "
+                f"{row['zoo_budget']:,} transitions"
+            )
+    notes = "".join(f"<div class='note'>{html.escape(f)}</div>" for f in flagged)
+    pct = ("ref_pct_of_zoo", "ref_final_pct_of_zoo")
+    left = ("library", "env_id", "reference_status", "reference_candidate", "zoo_algo")
+    return notes + _table(df, pct=pct, left=left)
+
+
 def _per_env_html(tables: EvalTables) -> str:
     df = tables.per_env
-    pct = tuple(c for c in df.columns if c.endswith("_score"))
+    pct = tuple(c for c in df.columns if c.endswith(("_score", "_pct_of_zoo")))
     left = ("library", "env_id", "observation_space", "action_space", "reference_status")
     return _table(df, pct=pct, left=left + tuple(c for c in df.columns if c.endswith("_cause")))
 
@@ -202,6 +267,13 @@ def render_report(tables: EvalTables, images: Mapping[str, bytes] | None = None)
         "<p>Envs at or above x% of reference (fraction of scored envs); the full curve (0-150% "
         "by 1%) is in <code>tables/threshold_curve.parquet</code>.</p>",
         _threshold_html(tables.threshold),
+        "<h2>References</h2>",
+        "<p>Raw returns of each env's reference run: the mean of its first and last 10% of "
+        "training episodes (the 0% and 100% of the normalized score), its final policy acting "
+        "deterministically (10 episodes, the policy the relabeled actions come from), a random "
+        "policy, and the best score rl-baselines3-zoo publishes for the env. "
+        "<i>% of zoo</i> = (return &minus; random) / (zoo best &minus; random).</p>",
+        _references_html(tables),
         "<h2>Per env</h2>",
         _per_env_html(tables),
     ]

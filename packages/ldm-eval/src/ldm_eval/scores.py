@@ -138,7 +138,19 @@ def env_table(scores: pl.DataFrame, envs: pl.DataFrame, policies: Sequence[str])
             `trained_library`, `trained_env` columns.
         policies: which policies' columns to add, in order.
     """
-    ref_cols = ["reference_status", "reference_run_key", "ref_first10", "ref_last10"]
+    ref_cols = [
+        "reference_status",
+        "reference_run_key",
+        "ref_first10",
+        "ref_last10",
+        "ref_random_mean",
+        "zoo_best",
+        "zoo_algo",
+        "ref_pct_of_zoo",
+        "ref_final_mean",
+        "ref_final_pct_of_zoo",
+        "ref_ill_conditioned",
+    ]
     first = scores.filter(pl.col("policy") == policies[0]) if policies else scores.head(0)
     table = envs.join(
         first.select("library", "env_id", *[c for c in ref_cols if c in scores.columns]),
@@ -155,4 +167,15 @@ def env_table(scores: pl.DataFrame, envs: pl.DataFrame, policies: Sequence[str])
             pl.col("cause").alias(f"{p}_cause"),
         )
         table = table.join(part, on=["library", "env_id"], how="left")
+        if {"ref_random_mean", "zoo_best"} <= set(table.columns):
+            # the policy on the zoo's scale: 0 = random policy, 1 = the zoo's best
+            table = table.with_columns(
+                pl.when(pl.col("zoo_best") > pl.col("ref_random_mean"))
+                .then(
+                    (pl.col(f"{p}_return") - pl.col("ref_random_mean"))
+                    / (pl.col("zoo_best") - pl.col("ref_random_mean"))
+                )
+                .otherwise(None)
+                .alias(f"{p}_pct_of_zoo")
+            )
     return table

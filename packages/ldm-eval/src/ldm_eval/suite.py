@@ -10,7 +10,9 @@ evaluation protocol. `run_suite` runs its stages in order:
   subprocesses of the `ldm-autorl` CLI (this package must not import `ldm_autorl`: envs <-
   autorl and envs <- model <- eval are separate branches), then one MLflow run per library in
   `ldm-dataset/<library>` describing what the index holds.
-- `train`: the LDM on the suite's envs (`ldm_model.training.train`, in this process).
+- `train`: the LDM on the suite's envs (`ldm_model.training.train`, in this process), with
+  `model.eval_every` the paper's protocol every K steps (`training_curve.TrainingEvaluator`, a
+  callback of the trainer: in this process, so no plugin lookup is needed).
 - `eval`: the paper's protocol on the checkpoint (`ldm_eval.pipeline.evaluate`, in this
   process), the random baseline beside it.
 - `report`: one HTML file: the stages with their wall times, the dataset, then the evaluation
@@ -67,6 +69,7 @@ from ldm_envs import tracking
 from ldm_envs.backends import BACKENDS
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.paths import data_home
+from ldm_eval.threads import torch_threads
 
 __all__ = [
     "STAGES",
@@ -135,6 +138,12 @@ class LibraryConfig(BaseModel):
     top_n: int = Field(default=3, gt=0)
     rank_budget: int = Field(default=10_000, gt=0)
     train_budget: int = Field(default=20_000, gt=0)
+    #: Reference-run budgets of single envs, where one library's envs differ a lot (LunarLander
+    #: needs ~50x CartPole's transitions); the others get `train_budget`.
+    env_budgets: dict[str, int] = {}
+    #: Episodes of a random policy per env, measured before the filter: the bar a reference
+    #: must clear and the zero of `% of zoo` (0: not measured).
+    random_episodes: int = Field(default=20, ge=0)
     seeds: list[int] = Field(default=[0], min_length=1)
     backend: str = "venv"
     #: Runs in parallel (local executor; None: the cores).
@@ -179,6 +188,28 @@ class LibraryConfig(BaseModel):
             raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
         return value
 
+    @model_validator(mode="after")
+    def _budgeted_envs(self) -> LibraryConfig:
+        unused = [e for e in self.env_budgets if e not in self.env_ids()]
+        if unused:
+            raise ValueError(
+                f"env_budgets names env id(s) {', '.join(unused)} that library {self.name!r} "
+                f"does not train in this suite; its envs: {', '.join(self.env_ids())}"
+            )
+        bad = {e: b for e, b in self.env_budgets.items() if b <= 0}
+        if bad:
+            raise ValueError(f"env_budgets must be positive: {bad}")
+        return self
+
+    def budget_groups(self) -> dict[int, list[str] | None]:
+        """Reference-run budget -> the envs trained at it (None: all of the suite's envs)."""
+        if not self.env_budgets:
+            return {self.train_budget: list(self.envs) if self.envs else None}
+        groups: dict[int, list[str]] = {}
+        for env_id in self.env_ids():
+            groups.setdefault(self.env_budgets.get(env_id, self.train_budget), []).append(env_id)
+        return dict(groups)
+
     def env_ids(self) -> list[str]:
         """The envs this suite uses from the library (declared order when not listed)."""
         from ldm_envs.plugins import get_library
@@ -216,6 +247,12 @@ class ModelSection(BaseModel):
     device: str = "auto"
     checkpoint_every: int = Field(default=500, gt=0)
     num_workers: int = Field(default=0, ge=0)
+    #: Evaluate every K steps during training (and at the last step): the share of envs at
+    #: >= 80% / 100% of reference against transitions seen (the paper's Fig. 3). The eval
+    #: section's protocol, with `eval_episodes` episodes per rollout. None: no curve.
+    eval_every: int | None = Field(default=None, gt=0)
+    #: Episodes per rollout of those evaluations (None: the eval section's `episodes`).
+    eval_episodes: int | None = Field(default=None, gt=0)
 
     @field_validator("config")
     @classmethod
@@ -343,7 +380,14 @@ class Suite(BaseModel):
         fps["train"] = _digest(
             {
                 "model": self.model.model_dump(
-                    mode="json", exclude={"device", "num_workers", "checkpoint_every"}
+                    mode="json",
+                    exclude={
+                        "device",
+                        "num_workers",
+                        "checkpoint_every",
+                        "eval_every",
+                        "eval_episodes",
+                    },
                 ),
                 "envs": self.env_ids(),
                 "upstream": fps["autorl"],
@@ -739,10 +783,19 @@ def _stage_probe(ctx: _Context) -> None:
 # -- autorl ----------------------------------------------------------------------------------------
 
 
-def _autorl_cmd(sub: str, lib: LibraryConfig, root: Path) -> list[str]:
+def _autorl_cmd(
+    sub: str,
+    lib: LibraryConfig,
+    root: Path,
+    budget: int | None = None,
+    envs: list[str] | None = None,
+) -> list[str]:
+    """One `ldm-autorl` call; `train` runs once per budget group (`budget`, `envs`)."""
     args = [sub, lib.name, "--root", str(root)]
     if sub in ("rank", "train"):
-        args += ["--budget", str(lib.rank_budget if sub == "rank" else lib.train_budget)]
+        if sub == "rank":
+            budget = lib.rank_budget
+        args += ["--budget", str(budget if budget is not None else lib.train_budget)]
         args += [a for s in lib.seeds for a in ("--seed", str(s))]
         args += ["--backend", lib.backend]
         if lib.workers is not None:
@@ -751,10 +804,21 @@ def _autorl_cmd(sub: str, lib: LibraryConfig, root: Path) -> list[str]:
         args += [a for c in lib.candidates or [] for a in ("--candidate", c)]
     if sub == "train":
         args += ["--top-n", str(lib.top_n)]
-        args += [a for e in lib.envs or [] for a in ("--env", e)]
+        args += [a for e in (envs if envs is not None else lib.envs) or [] for a in ("--env", e)]
+    if sub == "filter":
+        args += ["--backend", lib.backend, "--random-episodes", str(lib.random_episodes)]
     if sub == "dataset":
         args = ["dataset", "--root", str(root), "--library", lib.name]
     return args
+
+
+def _autorl_calls(lib: LibraryConfig, root: Path) -> list[tuple[str, list[str]]]:
+    """The library's `ldm-autorl` calls in order: rank, train (per budget), filter, dataset."""
+    calls = [("rank", _autorl_cmd("rank", lib, root))]
+    for budget, envs in lib.budget_groups().items():
+        calls.append(("train", _autorl_cmd("train", lib, root, budget, envs)))
+    calls += [(sub, _autorl_cmd(sub, lib, root)) for sub in ("filter", "dataset")]
+    return calls
 
 
 def _stage_autorl(ctx: _Context) -> None:
@@ -770,9 +834,8 @@ def _stage_autorl(ctx: _Context) -> None:
     root.mkdir(parents=True, exist_ok=True)
     ctx.outputs["dataset_root"] = str(root)
     for lib in ctx.suite.libraries:
-        for sub in ("rank", "train", "filter", "dataset"):
+        for sub, args in _autorl_calls(lib, root):
             ctx.console.rule(f"autorl: {sub} {lib.name}")
-            args = _autorl_cmd(sub, lib, root)
             _run_cli(
                 ctx, _q(["ldm-autorl", *args]), [sys.executable, "-m", "ldm_autorl.cli", *args]
             )
@@ -859,6 +922,8 @@ def _train_config(suite: Suite) -> Any:
         checkpoint_every=m.checkpoint_every,
         num_workers=m.num_workers,
         out=suite.folder / "models" / f"{m.config}-{_model_key(suite)}",
+        eval_every=m.eval_every,
+        eval_episodes=m.eval_episodes,
     )
 
 
@@ -867,7 +932,9 @@ def _model_key(suite: Suite) -> str:
 
     More steps extend the same run; another dataset or config trains a fresh one.
     """
-    fields = suite.model.model_dump(mode="json", exclude={"steps", "device", "num_workers"})
+    fields = suite.model.model_dump(
+        mode="json", exclude={"steps", "device", "num_workers", "eval_every", "eval_episodes"}
+    )
     fields["checkpoint_every"] = None
     return _digest(
         {"model": fields, "envs": suite.env_ids(), "dataset": suite.fingerprints()["autorl"]}
@@ -889,13 +956,25 @@ def _stage_train(ctx: _Context) -> None:
         args += ["--context", config.context]
     args += ["--steps", config.steps, "--lr", config.lr, "--seed", config.seed]
     args += ["--checkpoint-every", config.checkpoint_every, "--device", config.device]
+    if config.eval_every is not None:
+        args += ["--eval-every", config.eval_every]
+        if config.eval_episodes is not None:
+            args += ["--eval-episodes", config.eval_episodes]
     args += ["--out", config.out]
     ctx.console.rule(f"train {ctx.suite.model.config} ({config.steps} steps)")
     ctx.command(_q(args))
+    callbacks = [_training_evaluator(ctx)] if config.eval_every is not None else []
     try:
-        result = run_training(config, console=ctx.console, progress=ctx.console.is_terminal)
+        result = run_training(
+            config, console=ctx.console, progress=ctx.console.is_terminal, callbacks=callbacks
+        )
     except (TrainingError, CheckpointError, ValueError) as exc:
         raise _Failure(str(exc)) from None
+    if callbacks and result.wall_seconds:
+        ctx.outputs["eval_during_training"] = (
+            f"{result.eval_seconds:.1f} s of {result.wall_seconds:.1f} s "
+            f"({100 * result.eval_seconds / result.wall_seconds:.1f}%)"
+        )
     if result.checkpoint is None:
         raise _Failure(f"training ended without a checkpoint in {result.out}")
     ctx.outputs["model_dir"] = str(result.out)
@@ -905,22 +984,33 @@ def _stage_train(ctx: _Context) -> None:
         ctx.outputs["mlflow_run_id"] = result.mlflow_run_id
 
 
+def _eval_config(section: EvalSection, episodes: int | None = None) -> Any:
+    """The protocol's settings from the suite's eval section (`episodes` overriding its own)."""
+    from ldm_eval.protocol import EvalConfig
+
+    return EvalConfig(
+        episodes=episodes or section.episodes,
+        rollouts=section.rollouts,
+        seed=section.seed,
+        backend=section.backend,
+        num_workers=section.workers,
+        batch_size=section.batch_size,
+        retries=section.retries,
+    )
+
+
+def _training_evaluator(ctx: _Context) -> Any:
+    """The paper's protocol every `model.eval_every` steps: the eval section's, fewer episodes."""
+    from ldm_eval.training_curve import TrainingEvaluator
+
+    e, m = ctx.suite.eval, ctx.suite.model
+    config = _eval_config(e, episodes=m.eval_episodes)
+    return TrainingEvaluator(
+        config, copy_to=ctx.suite.folder, torch_threads=e.torch_threads, console=ctx.console
+    )
+
+
 # -- eval ------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _eval_targets(
@@ -957,20 +1047,11 @@ def _stage_eval(ctx: _Context) -> None:
     from ldm_eval.checkpoint import read_checkpoint
     from ldm_eval.pipeline import eval_key, evaluate, plan_envs
     from ldm_eval.policies import LDMPolicyFactory, PolicyFactory, RandomPolicyFactory
-    from ldm_eval.protocol import EvalConfig
     from ldm_model.training.checkpoint import CheckpointError
 
     suite, e = ctx.suite, ctx.suite.eval
     model_dir = _train_config(suite).out
-    config = EvalConfig(
-        episodes=e.episodes,
-        rollouts=e.rollouts,
-        seed=e.seed,
-        backend=e.backend,
-        num_workers=e.workers,
-        batch_size=e.batch_size,
-        retries=e.retries,
-    )
+    config = _eval_config(e)
     try:
         info = read_checkpoint(model_dir)
     except CheckpointError as exc:
@@ -996,7 +1077,7 @@ def _stage_eval(ctx: _Context) -> None:
     ctx.console.rule(f"eval: {len(envs)} env(s), {e.rollouts} x {e.episodes} episodes")
     ctx.command(_q(args))
     try:
-        with _torch_threads(e.torch_threads):
+        with torch_threads(e.torch_threads):
             outcome = evaluate(
                 envs,
                 policies,
@@ -1084,12 +1165,14 @@ def _suite_html(ctx: _Context) -> str:
         dataset = f"<p>no dataset index: {esc(str(exc))}</p>"
     uri = tracking.tracking_uri()
     config = yaml.safe_dump(suite.model_dump(mode="json"), sort_keys=False)
+    curve = _training_curve_html(suite)
     return (
         f"<h2>Pipeline: suite {esc(suite.name)}</h2>"
         + (f"<p>{esc(suite.description)}</p>" if suite.description else "")
         + stage_table
         + "<h3>Dataset (suite envs)</h3>"
         + dataset
+        + curve
         + "<h3>Where things are</h3><table class='meta'>"
         + f"<tr><th class='l'>suite file</th><td>{esc(str(suite.source or '-'))}</td></tr>"
         + f"<tr><th class='l'>suite folder</th><td>{esc(str(suite.folder))}</td></tr>"
@@ -1100,6 +1183,23 @@ def _suite_html(ctx: _Context) -> str:
         + f"<details><summary>commands</summary><ul>{commands}</ul></details>"
         + f"<details><summary>suite</summary><pre>{esc(config)}</pre></details>"
     )
+
+
+def _training_curve_html(suite: Suite) -> str:
+    """The curve of the model's evaluations during training, copied beside the report."""
+    from ldm_eval.training_curve import CURVE_FILE, CURVE_PNG, curve_html
+
+    model_dir = _train_config(suite).out
+    assert model_dir is not None
+    if not (model_dir / CURVE_FILE).is_file():
+        return ""
+    atomic_write_text(suite.folder / CURVE_FILE, (model_dir / CURVE_FILE).read_text())
+    png = (model_dir / CURVE_PNG).read_bytes() if (model_dir / CURVE_PNG).is_file() else None
+    if png is not None:
+        tmp = suite.folder / f".{CURVE_PNG}.tmp"
+        tmp.write_bytes(png)
+        tmp.replace(suite.folder / CURVE_PNG)
+    return curve_html(suite.folder / CURVE_FILE, png)
 
 
 def _render_report(ctx: _Context) -> None:
@@ -1136,6 +1236,62 @@ def _stage_report(ctx: _Context) -> None:
     ctx.eval_html = render_report(tables, images)
     _render_report(ctx)
     ctx.outputs["report"] = str(ctx.suite.report_path)
+    references = _suite_references(ctx.suite)
+    written = _write_csv_tables(tables, references, ctx.suite.folder)
+    ctx.outputs["tables"] = ", ".join(p.name for p in written)
+
+
+def _suite_references(suite: Suite) -> Any:
+    """Every env of the suite with its reference run, or why it has none.
+
+    Read from the dataset index (not the evaluation, which only plans the envs the model was
+    trained on), so an env whose runs were all dropped is listed with the filter's reasons.
+    """
+    import polars as pl
+
+    from ldm_envs.dataset.index import read_index
+    from ldm_eval.normalize import reference_runs
+
+    pairs = [(lib, env) for lib, envs in suite.env_ids().items() for env in envs]
+    runs, episodes = read_index(suite.dataset_root)
+    refs = reference_runs(runs, episodes, pairs)
+    reasons = (
+        runs.filter(~pl.col("kept").fill_null(False))
+        .group_by("library", "env_id")
+        .agg(pl.col("reason").drop_nulls().unique().sort().str.join("; ").alias("dropped"))
+    )
+    return refs.join(reasons, on=["library", "env_id"], how="left")
+
+
+def _write_csv_tables(tables: Any, references: Any, folder: Path) -> list[Path]:
+    """The report's tables as CSV beside `report.html`, for a reader with a spreadsheet.
+
+    `references.csv` (every env of the suite: its reference run against random and rl-zoo, or
+    the filter's reasons for having none), `per_env.csv`, `summary.csv`,
+    `threshold_curve.csv`; nested columns (lists) are written as JSON text.
+    """
+    import polars as pl
+
+    frames = {
+        "references": references,
+        "per_env": tables.per_env,
+        "summary": tables.summary,
+        "threshold_curve": tables.threshold,
+    }
+    paths = []
+    for name, df in frames.items():
+        flat = df.with_columns(
+            pl.col(c).map_elements(
+                lambda v: json.dumps(v.to_list() if isinstance(v, pl.Series) else v),
+                return_dtype=pl.String,
+            )
+            for c, dtype in df.schema.items()
+            if dtype.is_nested()
+        )
+        path = folder / f"{name}.csv"
+        atomic_write_text(path, flat.write_csv())
+        paths.append(path)
+    return paths
 
 
 _RUNNERS: dict[str, Callable[[_Context], None]] = {
