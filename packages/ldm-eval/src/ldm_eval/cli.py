@@ -24,7 +24,17 @@ err = Console(stderr=True)
 
 
 def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # one line per field, without pydantic's links
+        text = "; ".join(
+            f"option {'.'.join(map(str, e['loc'])) or '(all)'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+    else:
+        text = str(exc)
+    err.print(f"[bold red]error:[/] {text}", highlight=False)
     raise typer.Exit(1)
 
 
