@@ -121,11 +121,47 @@ def test_paths_are_relative_to_the_file_and_the_folder_defaults_to_the_data_home
 
 def test_cli_reports_suite_errors(tmp_path):
     result = CliRunner().invoke(app, ["suite", str(write(tmp_path, "name: x\nlibraries: []\n"))])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input: refused before any stage
     assert "field libraries:" in result.output
     path = write(tmp_path, "name: x\nlibraries: [{name: toy}]\n", "ok.yaml")
     result = CliRunner().invoke(app, ["suite", str(path), "--only", "bogus"])
-    assert result.exit_code == 1 and "unknown stage 'bogus'" in result.output
+    assert result.exit_code == 2 and "unknown stage 'bogus'" in result.output
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [("eval: {device: cdua}", "eval.device"), ("model: {device: cdua}", "model.device")],
+)
+def test_a_mistyped_device_is_refused_at_load_not_after_the_stages(tmp_path, section, field):
+    name = f"dev-{uuid.uuid4().hex[:6]}"
+    path = write(tmp_path, f"name: {name}\nlibraries: [{{name: toy}}]\n{section}\n")
+    msg = load_error(path)
+    assert f"{path}: field {field}: unknown device 'cdua'" in msg
+    result = CliRunner().invoke(app, ["suite", str(path)])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"field {field}: unknown device 'cdua'" in lines[0]
+    assert not (data_home() / "suites" / name).exists()  # no stage record, no MLflow run
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ldm_autorl") is None, reason="the check asks the ldm-autorl CLI"
+)
+def test_an_unknown_candidate_is_refused_at_load(tmp_path):
+    name = f"cand-{uuid.uuid4().hex[:6]}"
+    path = write(
+        tmp_path, f"name: {name}\nlibraries: [{{name: toy, candidates: [a2c-zoo, no-such]}}]\n"
+    )
+    msg = load_error(path)
+    assert f"{path}: field libraries.0.candidates: unknown candidate(s) 'no-such'" in msg
+    assert "known candidates: a2c-default" in msg
+    result = CliRunner().invoke(app, ["suite", str(path)])
+    assert result.exit_code == 2 and "libraries.0.candidates" in result.output
+    assert not (data_home() / "suites" / name).exists()
+    ok = write(
+        tmp_path, f"name: {name}\nlibraries: [{{name: toy, candidates: [a2c-zoo]}}]\n", "ok.yaml"
+    )
+    assert load_suite(ok).libraries[0].candidates == ["a2c-zoo"]
 
 
 def quiet():
@@ -164,12 +200,15 @@ def test_the_autorl_stage_names_the_missing_package(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_failing_cli_stage_names_its_command(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    text = f"name: c-{uuid.uuid4().hex[:6]}\nlibraries: [{{name: toy, candidates: [no-such]}}]\n"
+    text = f"name: c-{uuid.uuid4().hex[:6]}\nlibraries: [{{name: toy}}]\n"
+    suite = load_suite(write(tmp_path, text))
+    # past the suite's own validation (which refuses it at load), the CLI still refuses it
+    suite.libraries[0] = suite.libraries[0].model_copy(update={"candidates": ["no-such"]})
     with pytest.raises(StageError) as info:
-        run_suite(load_suite(write(tmp_path, text)), only="autorl", console=quiet())
+        run_suite(suite, only="autorl", console=quiet())
     assert info.value.stage == "autorl"
     assert info.value.command.startswith("ldm-autorl rank toy")
-    assert "exit status 1" in info.value.cause
+    assert "exit status 2" in info.value.cause
 
 
 MINI = """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import sys
@@ -182,6 +183,71 @@ def test_ray_executor(tmp_path: Path) -> None:
     finally:
         executor.close()
     assert not ray.is_initialized()
+
+
+def _descendants(pid: int) -> set[int]:
+    """`pid`'s child processes, theirs, and so on (from /proc)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _listening(pids: set[int]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The local addresses of the TCP sockets these processes listen on (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    addresses = []
+    for table, width in (("tcp", 8), ("tcp6", 32)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(cols[1].split(":")[0])
+            # each 32-bit word is in host (little-endian) order
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, width // 2, 4))
+            addresses.append(ipaddress.ip_address(packed))
+    return addresses
+
+
+def _loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads sockets from /proc")
+def test_a_local_ray_listens_on_loopback_only() -> None:
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray is already connected in this process")
+    executor = RayExecutor(num_cpus=1, object_store_memory=80 * 1024**2)
+    try:
+        (result,) = executor.run([spec("ok", "ok", x=2)], description="ray")
+        assert result.ok and result.value["x"] == 2  # a task still runs on the loopback node
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        addresses = _listening(_descendants(os.getpid()) | {os.getpid()})
+        assert addresses, "found none of Ray's servers"
+        # it used to be `*` (every interface) for the GCS, the raylet and the workers
+        assert all(_loopback(a) for a in addresses), [str(a) for a in addresses]
+    finally:
+        executor.close()
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # this process is left alone
 
 
 def test_importing_is_cheap() -> None:

@@ -44,8 +44,8 @@ def test_probe_dry_run_prints_spaces_from_the_library():
 
 def test_unknown_backend_is_named():
     result = runner.invoke(app, ["check", "toy", "--backend", "podman"])
-    assert result.exit_code == 1
-    assert "unknown backend 'podman'; known backends: inprocess, venv, docker" in result.output
+    assert result.exit_code == 2  # bad input, refused before any build
+    assert "unknown backend 'podman'; choose one of: inprocess, venv, docker" in result.output
 
 
 def test_bench_names_an_unknown_ppo_config():

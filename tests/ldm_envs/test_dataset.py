@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from ldm_envs.dataset import (
+    FORMAT_VERSION,
     INDEX_DIR,
     CorruptDecisionError,
     CorruptShardError,
@@ -399,11 +400,12 @@ def test_episodes_with_final_incomplete_episode(tmp_path):
     data["episode"] = np.repeat([10, 11, 15], [3, 2, 4])
     path = write_shard(tmp_path / "run.arrow", make_meta(), data, batch_rows=4)
     eps = ShardReader(path).episodes()
-    assert eps.to_dicts() == [
+    assert eps.drop("restarted").to_dicts() == [
         dict(episode=10, start=0, length=3, terminated=True, complete=True, **{"return": 3.0}),
         dict(episode=11, start=3, length=2, terminated=False, complete=True, **{"return": 1.0}),
         dict(episode=15, start=5, length=4, terminated=False, complete=False, **{"return": 8.0}),
     ]
+    assert eps["restarted"].to_list() == [False, False, False]
 
 
 def test_episodes_of_a_run_part_that_starts_mid_episode(tmp_path):
@@ -431,7 +433,7 @@ def test_rows_slicing(tmp_path):
     reader = ShardReader(path)
     for start, stop in [(0, 47), (0, 8), (3, 5), (6, 10), (7, 33), (40, 47), (47, 47), (16, 16)]:
         window = reader.rows(start, stop)
-        assert set(window) == set(data)
+        assert set(window) == set(data) | {"restarted"}  # written by ShardWriter, format 2 on
         for name, expected in data.items():
             np.testing.assert_array_equal(window[name], expected[start:stop], err_msg=name)
     inside = reader.rows(9, 14)["obs"]
@@ -602,20 +604,27 @@ def test_index_names_corrupt_shards_or_skips_them(tmp_path):
     assert runs.height == 3
 
 
-def test_index_verify_option_reads_data(tmp_path):
+def test_index_checks_what_it_reads_and_verify_reads_all(tmp_path):
     data = make_data(VECTOR, DISCRETE, [8], ["term"])
     data["reward"][3] = 77.0
+    data["obs"][5] = np.array([9.5, 8.5, 7.5, 6.5], np.float32)
     path = write_shard(tmp_path / "run.arrow", make_meta(), data)
-    raw = bytearray(path.read_bytes())
+    clean = path.read_bytes()
+    raw = bytearray(clean)
+    raw[bytes(raw).index(data["obs"][5].tobytes()) + 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert build_index(tmp_path)[0].height == 1  # obs is not read by the index: not checked
+    with pytest.raises(CorruptShardError, match="column 'obs'"):
+        build_index(tmp_path, verify=True)
+    raw = bytearray(clean)
     raw[bytes(raw).index(np.float32(77.0).tobytes()) + 1] ^= 0x01
     path.write_bytes(bytes(raw))
-    assert build_index(tmp_path)[0].height == 1  # cheap scan: structure only
-    with pytest.raises(CorruptShardError, match="column 'reward'"):
-        build_index(tmp_path, verify=True)
+    with pytest.raises(CorruptShardError, match=r"run\.arrow: .*column 'reward'"):
+        build_index(tmp_path)  # the returns come from the rewards: read, so checked
 
 
 def test_meta_timestamp_and_version(tmp_path):
     meta = make_meta(created=time.time())
     path = write_shard(tmp_path / "run.arrow", meta, make_data(VECTOR, DISCRETE, [2], [None]))
-    assert ShardReader(path).meta.format_version == 1
+    assert ShardReader(path).meta.format_version == FORMAT_VERSION == 2
     assert Path(path).stat().st_size > 0

@@ -1,10 +1,13 @@
 """SB3 trains through the isolated vector env unchanged."""
 
+import warnings
+
 import numpy as np
 import pytest
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
 from ldm_envs.sb3 import LdmSB3VecEnv
 
@@ -29,6 +32,24 @@ def test_sb3_vec_env_contract(toy):
             assert infos[i]["episode"]["l"] <= 10
     assert saw_terminal
     assert env.get_attr("render_mode") == [None, None]
+    env.close()
+
+
+def test_vec_monitor_wraps_without_a_warning_and_evaluate_policy_reads_the_stats(toy):
+    env = LdmSB3VecEnv(toy, "ShortCartPole-v1", 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "already wrapped with a `Monitor`" would raise here
+        monitored = VecMonitor(env)
+        VecMonitor(VecNormalize(env))  # wrappers in between pass the question down
+        model = PPO("MlpPolicy", monitored, n_steps=32, batch_size=32, seed=0, device="cpu")
+        model.learn(64)
+        # on the bare env, evaluate_policy still sees Monitor statistics (and does not warn)
+        returns, lengths = evaluate_policy(
+            model, env, n_eval_episodes=4, return_episode_rewards=True
+        )
+    assert len(model.ep_info_buffer) >= 4  # VecMonitor's own episode statistics reached SB3
+    assert all(1 <= n <= 10 for n in lengths) and returns == [float(n) for n in lengths]
+    assert env.env_is_wrapped(Monitor) == [True, True]
     env.close()
 
 

@@ -241,6 +241,28 @@ def test_two_processes_log_to_one_new_store_at_once(home: Path) -> None:
         assert len(client().get_metric_history(r.info.run_id, "loss")) == 20
 
 
+def test_processes_opening_one_key_at_once_share_one_run(home: Path, tmp_path: Path) -> None:
+    """Find-or-create is atomic: two `ldm-autorl run` at once used to make duplicate runs."""
+    from tests.ldm_envs.tracking_tasks import open_same_key
+
+    tracking.setup()
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    outs = [tmp_path / f"run-{i}.txt" for i in range(2)]
+    procs = [
+        ctx.Process(target=open_same_key, args=(str(home), "ranking/toy/b100", barrier, str(o)))
+        for o in outs
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    runs = client().search_runs([tracking.experiment_id("ranking", "toy")])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    assert {o.read_text() for o in outs} == {runs[0].info.run_id}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

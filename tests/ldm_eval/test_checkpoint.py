@@ -45,3 +45,92 @@ def test_read_checkpoint_gives_provenance(tmp_path: Path) -> None:
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="nowhere"):
         read_checkpoint(tmp_path / "nowhere")
+
+
+# -- a corrupt newest checkpoint (issue 15, item 11) ----------------------------------------------
+
+
+def _toy_run(tmp_path: Path) -> tuple[Path, Path]:
+    """A dataset with a ShortCartPole reference, and a run folder with checkpoints at 1 and 2."""
+    from ldm_envs.dataset import write_index
+    from ldm_model.training.checkpoint import DatasetInfo, EnvEntry
+    from tests.ldm_eval.test_pipeline import SHORT, write_reference
+
+    root = tmp_path / "dataset"
+    write_reference(root, SHORT, [0.0] * 9 + [20.0])
+    write_index(root)
+    torch.manual_seed(0)
+    model = LDM(get_config("tiny"))
+    dataset = DatasetInfo(
+        root=str(root),
+        index_sha256=None,
+        runs_sha256="0" * 64,
+        envs=[EnvEntry(index=0, library="toy", env_id=SHORT, runs=1, transitions=40, weight=1)],
+        transitions=40,
+    )
+    run = tmp_path / "run"
+    for step in (1, 2):
+        save_checkpoint(
+            run,
+            model=model,
+            optimizer=torch.optim.AdamW(model.parameters()),
+            train_config=TrainConfig(model="tiny", data_root=root, context=8, batch_size=2),
+            step=step,
+            dataset=dataset,
+        )
+    return root, run
+
+
+def _corrupt_newest(run: Path) -> Path:
+    from ldm_model.training.checkpoint import MODEL_FILE, list_checkpoints
+
+    newest = list_checkpoints(run)[-1]
+    data = bytearray((newest / MODEL_FILE).read_bytes())
+    data[-10] ^= 0xFF
+    (newest / MODEL_FILE).write_bytes(bytes(data))
+    return newest
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path) -> None:
+    _, run = _toy_run(tmp_path)
+    bad = _corrupt_newest(run)
+    notes: list[str] = []
+    info = read_checkpoint(run, report=notes.append)
+    assert info.path.name == "step-00000001"
+    assert len(notes) == 1 and bad.name in notes[0] and "using step-00000001" in notes[0]
+
+
+def test_evaluate_cli_goes_on_with_the_previous_checkpoint_and_says_so(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ldm_eval.cli import app
+
+    root, run = _toy_run(tmp_path)
+    bad = _corrupt_newest(run)
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(run),
+            "--backend",
+            "inprocess",
+            "--episodes",
+            "1",
+            "--rollouts",
+            "1",
+            "--no-random-baseline",
+            "--dataset",
+            str(root),
+            "--out",
+            str(out),
+            "--no-track",
+            "--resamples",
+            "20",
+        ],
+    )
+    flat = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output  # it used to stop on the corrupt file
+    assert "skipped 1 corrupt checkpoint(s)" in flat and bad.name in flat
+    assert "using step-00000001 (step 1)" in flat
+    assert (out / "report.html").is_file()

@@ -364,7 +364,10 @@ def test_mixed_action_spaces_in_one_batch(edge_model: LDM) -> None:
 def test_rollout_on_cartpole_through_the_vector_env() -> None:
     from ldm_envs.vector import LdmVectorEnv
 
-    env = LdmVectorEnv("classic-control", "CartPole-v1", 4, backend="inprocess")
+    # LDMPolicy reads `done` as "this observation starts a new episode": same-step autoreset
+    env = LdmVectorEnv(
+        "classic-control", "CartPole-v1", 4, backend="inprocess", autoreset_mode="SameStep"
+    )
     try:
         codec = SpaceCodec(env.pool.observation_spaces[0], env.pool.action_spaces[0])
         policy = LDMPolicy(make_model(), codec, env.num_envs)

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ldm_envs.errors import LdmEnvsError, SpaceError
 from ldm_envs.manifest import EnvLibrarySpec
+from ldm_envs.plugins import load_entry_point
 from ldm_envs.spaces import (
     BoxSpace,
     DiscreteSpace,
@@ -276,7 +277,9 @@ class CandidateConfig(BaseModel):
             env: an SB3 `VecEnv`, ideally with `n_envs` envs (another count only logs a warning).
             seed: seeds the model (and the env through SB3).
             device: torch device ("cpu", "cuda", "auto").
-            tensorboard_log: SB3's tensorboard folder, if any.
+            tensorboard_log: SB3's tensorboard folder, if any. Without one the model logs
+                through `ldm_envs.sb3.folderless_logger` (SB3's default makes
+                `<tmp>/SB3-<date>` per `learn`).
             verbose: SB3's verbosity.
             max_replay_bytes: lowers `buffer_size` of off-policy algorithms so that stored
                 observations (obs and next obs) stay under this many bytes.
@@ -302,7 +305,7 @@ class CandidateConfig(BaseModel):
         kwargs.setdefault("verbose", verbose)
         if policy_kwargs:
             kwargs["policy_kwargs"] = policy_kwargs
-        return cls(
+        model = cls(
             policy,
             env,
             seed=seed,
@@ -310,6 +313,11 @@ class CandidateConfig(BaseModel):
             tensorboard_log=tensorboard_log,
             **kwargs,
         )
+        if tensorboard_log is None:
+            from ldm_envs.sb3 import folderless_logger
+
+            model.set_logger(folderless_logger(int(kwargs["verbose"])))
+        return model
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -843,7 +851,9 @@ class CandidateRegistry:
                     failure = f"{type(exc).__name__}: {exc}"
                     msg = f"plugin {ep.name!r}: loading {ep.value!r} failed: {failure}"
                 registry.broken[ep.name] = msg
-                logger.warning("skipping algorithm plugin %r: %s", ep.name, msg)
+                # debug only: every command builds the registry, most never ask for this plugin;
+                # `ldm-autorl candidates LIB` lists the broken ones, asking for one names why
+                logger.debug("skipping algorithm plugin %r: %s", ep.name, msg)
                 continue
             for i, item in enumerate(items):
                 registry._add_item(ep.name, i, item)
@@ -856,7 +866,7 @@ class CandidateRegistry:
             self.add(candidate, plugin)
         except CandidateError as exc:
             self.broken[f"{plugin}:{label}"] = str(exc)
-            logger.warning("skipping candidate %r of plugin %r: %s", label, plugin, exc)
+            logger.debug("skipping candidate %r of plugin %r: %s", label, plugin, exc)
 
 
 def _item_name(item: Any, index: int) -> str:
@@ -912,9 +922,8 @@ def read_candidates(path: Path, plugin: str) -> list[Any]:
 
 
 def _load_entry_point(ep: EntryPoint) -> Sequence[Any]:
-    target: Any = ep.load()
-    if callable(target) and not isinstance(target, type):
-        target = target()
+    # imported and called contained: a plugin's sys.exit() or hang is reported, never fatal
+    target: Any = load_entry_point(ep, finish=_call_factory)
     if isinstance(target, str | Path):
         return read_candidates(Path(target), ep.name)
     if isinstance(target, CandidateConfig | dict):
@@ -925,6 +934,11 @@ def _load_entry_point(ep: EntryPoint) -> Sequence[Any]:
         f"plugin {ep.name!r}: entry point {ep.value!r} must be a list of candidates, a path to a "
         f"YAML file or a callable returning one, got {type(target).__name__}"
     )
+
+
+def _call_factory(target: Any) -> Any:
+    """A callable entry point (not a class) returns the candidates."""
+    return target() if callable(target) and not isinstance(target, type) else target
 
 
 @lru_cache(maxsize=1)

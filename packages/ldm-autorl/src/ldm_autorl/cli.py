@@ -1,16 +1,17 @@
-"""The `ldm-autorl` command line: candidates, rank, train, filter, dataset, run."""
+"""The `ldm-autorl` command line: candidates, rank, train, filter, dataset, export, run."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import polars as pl
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ldm_autorl import layout, pipeline
+from ldm_envs.cli_errors import fail
+from ldm_envs.console import make_console
 from ldm_envs.errors import LdmEnvsError
 from ldm_envs.plugins import get_library
 
@@ -20,8 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+# wide enough off a terminal (`> log`): see ldm_envs.console
+console = make_console()
+err = make_console(stderr=True)
 
 RootOpt = Annotated[
     Path | None, typer.Option("--root", help="data root (default <data home>/autorl)")
@@ -35,15 +37,84 @@ WorkersOpt = Annotated[
 ]
 SeedOpt = Annotated[list[int] | None, typer.Option("--seed", help="seed(s), repeatable")]
 BackendOpt = Annotated[str, typer.Option("--backend", help="isolation backend: venv | docker")]
+MaxRestartsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-restarts",
+        help="env-worker restarts a run survives (each cuts its envs' episodes, which are marked "
+        "and left out of the statistics); one more fails the run, naming the cause",
+    ),
+]
 
 
-def _fail(exc: BaseException) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
+def _fail(exc: BaseException | str) -> NoReturn:
+    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
 
 def _root(root: Path | None) -> Path:
     return root or layout.default_root()
+
+
+def _check_options(
+    *,
+    counts: dict[str, int | None] | None = None,
+    executor: str | None = None,
+    workers: int | None = None,
+    backend: str | None = None,
+    candidates: list[str] | None = None,
+    random_episodes: int | None = None,
+    max_restarts: int | None = None,
+) -> None:
+    """Refuse bad option values before any executor, MLflow run or training starts.
+
+    A budget of 0 used to launch real runs that trained nothing (recorded as `b0`), a
+    `--top-n 0` trained nothing and exited 0, and a mistyped backend failed only after the
+    stage's MLflow run was opened; each now stops here with one line naming the option.
+
+    Raises:
+        BadInputError: naming the option (exit code 2 through `_fail`).
+    """
+    from ldm_autorl.executors import EXECUTORS
+    from ldm_envs.backends import check_backend
+    from ldm_envs.inputs import require_at_least, require_choice, require_positive
+
+    for option, value in (counts or {}).items():
+        require_positive(option, value)
+    if executor is not None:
+        require_choice("--executor", executor, EXECUTORS, what="executor")
+    require_positive("--workers", workers)
+    if backend is not None:
+        check_backend(backend, field="--backend")
+    require_at_least("--random-episodes", random_episodes, 0, meaning="no random baseline")
+    require_at_least("--max-restarts", max_restarts, 0, meaning="fail at the first restart")
+    _check_candidates(candidates)
+
+
+def _check_candidates(names: list[str] | None) -> None:
+    """Every `--candidate` must be registered (a broken one is refused with its reason).
+
+    Raises:
+        BadInputError: naming `--candidate`, the unknown names and the known ones.
+    """
+    if not names:
+        return
+    from ldm_autorl.candidates import UnknownCandidateError
+    from ldm_autorl.candidates import registry as candidate_registry
+    from ldm_envs.errors import BadInputError
+
+    reg = candidate_registry()
+    unknown = []
+    for name in names:
+        try:
+            reg.get(name)
+        except UnknownCandidateError:
+            unknown.append(name)
+    if unknown:
+        raise BadInputError(
+            "--candidate",
+            f"unknown candidate(s) {', '.join(map(repr, unknown))}; known candidates: "
+            f"{', '.join(reg.names()) or '(none installed)'}",
+        )
 
 
 def _executor(name: str, address: str | None, workers: int | None):
@@ -52,7 +123,10 @@ def _executor(name: str, address: str | None, workers: int | None):
     if name == "local" and address is None:
         # tasks fork from a server that imported torch/SB3/MLflow once
         return LocalExecutor(max_workers=workers, preload=["ldm_autorl.preload"])
-    return make_executor(name, address=address, max_workers=workers)
+    try:
+        return make_executor(name, address=address, max_workers=workers)
+    except ImportError as exc:  # Ray is an extra: say which one, without a traceback
+        raise LdmEnvsError(str(exc)) from None
 
 
 #: The filter table's columns shown in a terminal (all of them are logged to MLflow).
@@ -90,21 +164,37 @@ def _print_frame(df: pl.DataFrame, title: str) -> None:
 
 
 @app.command()
-def candidates(library: str) -> None:
-    """Per env: which candidates apply, and why the others do not."""
+def candidates(
+    library: str,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option("--candidate", help="only these candidates (exit 2 if one is unknown)"),
+    ] = None,
+) -> None:
+    """Per env: which candidates apply, and why the others do not; then any broken plugin."""
     from ldm_autorl.candidates import compatibility_table
     from ldm_envs.plugins import get_library
 
     try:
-        df = compatibility_table(get_library(library))
+        spec = get_library(library)
+        _check_candidates(candidate)
+        df = compatibility_table(spec)
     except LdmEnvsError as exc:
         _fail(exc)
+    if candidate:
+        df = df.filter(pl.col("candidate").is_in(candidate))
     for env_id in df["env_id"].unique(maintain_order=True).to_list():
         sub = df.filter(pl.col("env_id") == env_id)
         ok = sub.filter(pl.col("compatible"))["candidate"].to_list()
         console.print(f"[bold]{env_id}[/]: {len(ok)} candidates: {', '.join(ok) or '-'}")
         for row in sub.filter(~pl.col("compatible")).iter_rows(named=True):
             console.print(f"    [dim]{row['candidate']}: {row['reason']}[/]", highlight=False)
+    if not candidate:  # the one place broken plugins speak up unasked (as `ldm-envs list`)
+        from ldm_autorl.candidates import registry as candidate_registry
+
+        for name, why in sorted(candidate_registry().broken.items()):
+            kind = "candidate" if ":" in name else "plugin"
+            console.print(f"[yellow]broken {kind} {name}:[/] {why}", highlight=False)
 
 
 @app.command()
@@ -122,9 +212,21 @@ def rank(
     workers: WorkersOpt = None,
     backend: BackendOpt = "venv",
     root: RootOpt = None,
+    max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
 ) -> None:
-    """Train compatible candidates on the 5-env subset; rank them by one-tailed Welch points."""
+    """Train compatible candidates on the 5-env subset; rank them by one-tailed Welch points.
+
+    Another `--seed` or `--backend` at the same budget adds runs to that budget's ranking.
+    """
     try:
+        _check_options(
+            counts={"--budget": budget},
+            executor=executor,
+            workers=workers,
+            backend=backend,
+            candidates=candidate,
+            max_restarts=max_restarts,
+        )
         table, outcome = pipeline.rank(
             library,
             executor=_executor(executor, address, workers),
@@ -133,8 +235,9 @@ def rank(
             seeds=seed or [0],
             candidates=candidate,
             backend=backend,
+            max_restarts=max_restarts,
         )
-    except (LdmEnvsError, FileNotFoundError, KeyError) as exc:
+    except (LdmEnvsError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(exc)
     _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
     if outcome.failures:
@@ -155,9 +258,17 @@ def train(
     workers: WorkersOpt = None,
     backend: BackendOpt = "venv",
     root: RootOpt = None,
+    max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
 ) -> None:
     """Reference runs of the top-N candidates on every env, recorded and relabeled."""
     try:
+        _check_options(
+            counts={"--top-n": top_n, "--budget": budget},
+            executor=executor,
+            workers=workers,
+            backend=backend,
+            max_restarts=max_restarts,
+        )
         outcome = pipeline.train(
             library,
             executor=_executor(executor, address, workers),
@@ -167,8 +278,9 @@ def train(
             seeds=seed or [0],
             env_ids=env,
             backend=backend,
+            max_restarts=max_restarts,
         )
-    except (LdmEnvsError, FileNotFoundError, KeyError) as exc:
+    except (LdmEnvsError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(exc)
     console.print(
         f"{len(outcome.results)} reference runs finished ({outcome.skipped} earlier), "
@@ -201,6 +313,7 @@ def filter_(
     rl-baselines3-zoo publishes for the env (`pct_of_zoo`: 0 = random, 1 = zoo).
     """
     try:
+        _check_options(backend=backend, random_episodes=random_episodes)
         table = pipeline.filter_runs(
             library, root=_root(root), backend=backend, random_episodes=random_episodes
         )
@@ -217,10 +330,16 @@ def dataset(
     root: RootOpt = None,
     library: Annotated[str | None, typer.Option(help="only this library")] = None,
 ) -> None:
-    """Summarize the index: envs, runs kept and dropped (and why), transitions."""
+    """Summarize the index: envs, runs kept and dropped (and why), transitions.
+
+    Shards gone since the index was built are found first (their runs go back to to-do, the
+    index is rebuilt without them), each named in a warning line.
+    """
+    from ldm_autorl.verify import refresh_index
     from ldm_envs.dataset.index import read_index
 
     try:
+        refresh_index(_root(root), say=_warning)
         runs, _episodes = read_index(_root(root))
     except (LdmEnvsError, FileNotFoundError) as exc:
         _fail(exc)
@@ -238,6 +357,118 @@ def dataset(
         f"({summary.filter(pl.col('kept').fill_null(False)).height} kept), "
         f"{int(kept['rows'].sum() or 0):,} kept transitions of {int(runs['rows'].sum() or 0):,}"
     )
+
+
+def _warning(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@app.command("verify")
+def verify_(
+    root: RootOpt = None,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair", help="quarantine corrupt shards, reset their runs, clean, rebuild the index"
+        ),
+    ] = False,
+) -> None:
+    """Check a whole data root: every shard's CRC, the index against the files, orphans, runs.
+
+    Exits 1 when problems are found without --repair.
+    """
+    from ldm_autorl.verify import verify_root
+
+    data_root = _root(root)
+    if not data_root.is_dir():
+        _fail(FileNotFoundError(f"no data root at {data_root}"))
+    with console.status(f"reading every shard under {data_root}"):
+        report = verify_root(data_root, repair=repair, say=_warning)
+    summary = (
+        f"{report.shards} shard(s), {report.bytes / 2**20:,.1f} MiB read in {report.seconds:.1f} s"
+    )
+    if report.ok:
+        console.print(f"[green]ok[/]: {summary}, no problem found under {data_root}")
+        return
+    table = Table(title=f"problems {'repaired ' if repair else ''}under {data_root}")
+    for col in ("kind", "path", "run", "detail", "repaired" if repair else "--repair would"):
+        table.add_column(col, overflow="fold")
+    for p in report.problems:
+        table.add_row(p.kind, p.path, p.run_key or "-", p.detail, p.repair)
+    console.print(table)
+    console.print(f"{len(report.problems)} problem(s); {summary}")
+    if not repair:
+        console.print(f"run `ldm-autorl verify --root {data_root} --repair` to fix them")
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_(
+    format_: Annotated[
+        str, typer.Option("--format", help="minari (a Minari dataset) | hf (datasets folder)")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="output folder, outside the data root (Minari: its datasets path)"
+        ),
+    ],
+    actions: Annotated[
+        str, typer.Option("--actions", help="relabeled (final policy's) | taken (in training)")
+    ] = "relabeled",
+    library: Annotated[
+        list[str] | None, typer.Option("--library", "-l", help="only this library, repeatable")
+    ] = None,
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="only this env id, repeatable")
+    ] = None,
+    env_spec: Annotated[
+        str,
+        typer.Option(
+            "--env-spec",
+            help="Minari env spec: auto (where the env can be made here) | require | none",
+        ),
+    ] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace datasets already exported")
+    ] = False,
+    root: RootOpt = None,
+) -> None:
+    """Write the kept runs as one Minari dataset or Hugging Face folder per (library, env).
+
+    Minari ids are `ldm/<library>/<env>/<actions>-v0` under --out (load them with
+    MINARI_DATASETS_PATH=<out>); hf folders are `<out>/<library>/<env>/<actions>`
+    (`datasets.load_from_disk`). See `ldm_autorl.export` for what each holds.
+    """
+    from ldm_autorl.export import export
+    from ldm_autorl.verify import refresh_index
+
+    data_root = _root(root)
+    try:
+        refresh_index(data_root, say=_warning)
+        written = export(
+            data_root,
+            out,
+            format=format_,
+            actions=actions,
+            libraries=library,
+            env_ids=env,
+            env_spec=env_spec,
+            overwrite=overwrite,
+            say=_warning,
+        )
+    except (LdmEnvsError, FileNotFoundError) as exc:
+        _fail(exc)
+    table = Table(title=f"exported ({format_}, {actions} actions) to {out}")
+    for col in ("library", "env", "runs", "episodes", "steps", "env spec", "dataset"):
+        table.add_column(col, overflow="fold")
+    for d in written:
+        spec = "-" if d.format == "hf" else ("yes" if d.env_spec else "no")
+        cells = (d.library, d.env_id, str(d.runs), f"{d.episodes:,}", f"{d.steps:,}", spec)
+        table.add_row(*cells, d.dataset_id or d.path)
+    console.print(table)
+    if format_ == "minari":
+        console.print(f"load with MINARI_DATASETS_PATH={out} and minari.load_dataset(<dataset>)")
 
 
 @app.command()
@@ -264,15 +495,25 @@ def run(
     backend: BackendOpt = "venv",
     random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
     root: RootOpt = None,
+    max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
 ) -> None:
     """Run rank -> train -> filter, resumable: finished runs are never redone or duplicated.
 
     Ranking always uses the library's 5-env ranking subset; `--env` narrows the reference runs
     (a library of 57 Atari games at a smoke-test budget, say).
     """
-    ex = _executor(executor, address, workers)
     data_root = _root(root)
     try:
+        _check_options(
+            counts={"--rank-budget": rank_budget, "--train-budget": train_budget, "--top-n": top_n},
+            executor=executor,
+            workers=workers,
+            backend=backend,
+            candidates=candidate,
+            random_episodes=random_episodes,
+            max_restarts=max_restarts,
+        )
+        ex = _executor(executor, address, workers)
         spec = get_library(library)
         for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
             spec.env(env_id)
@@ -284,6 +525,7 @@ def run(
             seeds=seed or [0],
             candidates=candidate,
             backend=backend,
+            max_restarts=max_restarts,
         )
         pipeline.train(
             library,
@@ -294,11 +536,12 @@ def run(
             seeds=seed or [0],
             env_ids=env,
             backend=backend,
+            max_restarts=max_restarts,
         )
         table = pipeline.filter_runs(
             library, root=data_root, backend=backend, random_episodes=random_episodes
         )
-    except (LdmEnvsError, FileNotFoundError, KeyError) as exc:
+    except (LdmEnvsError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(exc)
     if table.height:
         _print_decisions(table, library)

@@ -39,6 +39,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ldm_envs.inputs import require_choice, require_positive
+
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
     from multiprocessing.context import SpawnProcess
@@ -409,8 +411,7 @@ class LocalExecutor:
         show_progress: bool = True,
         preload: Sequence[str] = (),
     ) -> None:
-        if max_workers is not None and max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        require_positive("max_workers", max_workers)  # BadInputError, a ValueError
         self.max_workers = max_workers
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.show_progress = show_progress
@@ -622,11 +623,12 @@ class RayExecutor:
         if self.address is not None:
             ray.init(address=self.address, **common)
         else:
-            ray.init(
-                num_cpus=self.num_cpus,
-                object_store_memory=self.object_store_memory,
-                **common,
-            )
+            with _loopback_only():
+                ray.init(
+                    num_cpus=self.num_cpus,
+                    object_store_memory=self.object_store_memory,
+                    **common,
+                )
         self.init_seconds = time.monotonic() - t0
         self._started_ray = True
 
@@ -746,6 +748,40 @@ def _no_uv_run_workers() -> None:
             constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
 
 
+#: Ray's switch between a node reachable from others (its LAN address, servers on every
+#: interface) and a single machine (127.0.0.1 only); read by `ray._private.ray_constants`.
+_RAY_CLUSTER_VAR = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Start a local Ray whose servers listen on 127.0.0.1 only, not on every interface.
+
+    Ray's head on Linux takes the machine's network address as its node address, and its GCS,
+    raylet and object manager then listen on all interfaces: anyone on the network could reach
+    a local Ray that nobody outside this machine needs (`--executor ray` without `--address`).
+    `_node_ip_address="127.0.0.1"` does not help (Ray turns it back into the network address);
+    Ray's own single-machine switch (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, the default on
+    macOS and Windows) makes the node address 127.0.0.1, and every server then binds there.
+    The switch holds while the local Ray starts (its processes inherit it); the process's
+    setting is restored after, and an explicit setting of the variable is respected.
+    """
+    if _RAY_CLUSTER_VAR in os.environ:
+        yield
+        return
+    constants = sys.modules.get("ray._private.ray_constants")
+    before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_RAY_CLUSTER_VAR] = "0"
+    if constants is not None:  # read at import: correct its reading while Ray starts
+        constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        os.environ.pop(_RAY_CLUSTER_VAR, None)
+        if constants is not None and before is not None:
+            constants.ENABLE_RAY_CLUSTER = before
+
+
 def _ray_error(exc: BaseException) -> str:
     """A Ray failure as text: the remote traceback for a raise, Ray's account for a crash."""
     return f"{type(exc).__name__}: {exc}".rstrip()
@@ -764,12 +800,15 @@ def make_executor(
     in flight.
 
     Raises:
-        ValueError: an unknown name, or an address given to the local executor.
+        BadInputError: an unknown name or a `max_workers` below 1 (both ValueErrors).
+        ValueError: an address given to the local executor.
     """
+    require_choice("executor", name, EXECUTORS, what="executor")
+    require_positive("max_workers", max_workers)
     if name == "local":
         if address is not None:
             raise ValueError("an address only applies to the 'ray' executor")
         return LocalExecutor(max_workers)
     if name == "ray":
         return RayExecutor(address=address, max_in_flight=max_workers)
-    raise ValueError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    raise AssertionError(f"executor {name!r} is listed in EXECUTORS but not built here")

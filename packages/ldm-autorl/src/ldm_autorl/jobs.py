@@ -4,6 +4,11 @@ A run trains one candidate on one env through the isolated vector env, optionall
 every transition into shards and relabels them, logs to MLflow, and writes its result record
 last (atomically): a record on disk means the run is done, so an interrupted pipeline resumes
 by skipping it, and the MLflow run, found again by its run key, is never duplicated.
+
+A worker that crashes or hangs during training is restarted (`EnvPool`), and the episodes it
+cut short are marked and left out of the run's statistics (`recording`); the record and the
+MLflow run count the restarts and cut episodes. Past `max_restarts` restarts the run fails
+with `RestartLimitError`, naming the run, the count and the last cause.
 """
 
 from __future__ import annotations
@@ -23,12 +28,23 @@ from ldm_autorl.recording import RecordingVecEnv, relabel
 from ldm_autorl.stats import window
 from ldm_envs import tracking
 from ldm_envs.dataset.shards import ShardMeta, ShardWriter
+from ldm_envs.errors import LdmEnvsError, WorkerError
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library
 from ldm_envs.sb3 import LdmSB3VecEnv
 
 #: Episodes of the final deterministic policy after a reference run (the zoo evaluates so).
 FINAL_EVAL_EPISODES = 10
+#: Worker restarts a run survives by default; one more fails it (`RestartLimitError`).
+MAX_WORKER_RESTARTS = 3
+
+
+class RestartLimitError(LdmEnvsError):
+    """A run's env worker needed more restarts than the run allows; names run, count and cause.
+
+    Each restart cuts the episodes of the worker's envs short; a run that keeps losing its
+    worker is failing, not training, so it stops instead of recording more cut episodes.
+    """
 
 
 class RunResult(BaseModel):
@@ -62,6 +78,13 @@ class RunResult(BaseModel):
     #: relabeled actions come from, measured as rl-baselines3-zoo measures its benchmark.
     final_returns: list[float] = []
     final_mean: float | None = None
+    #: Times the training env's worker crashed or hung and was restarted (0 in older records).
+    worker_restarts: int = 0
+    #: Episodes cut short by those restarts: not in `episode_returns`/`episode_lengths`, so
+    #: not in the first/last-10% means or the ranking; marked `restarted` in the shards.
+    cut_episodes: int = 0
+    #: The distinct causes of the restarts (first line each).
+    restart_causes: list[str] = []
 
     @field_validator("first10_mean", "last10_mean", mode="before")
     @classmethod
@@ -129,8 +152,13 @@ def train_run(
     record: bool = False,
     backend: str = "venv",
     parent_run_id: str | None = None,
+    max_restarts: int = MAX_WORKER_RESTARTS,
 ) -> dict[str, Any]:
-    """Train `candidate` on `env_id` for `budget` transitions; returns the RunResult as a dict."""
+    """Train `candidate` on `env_id` for `budget` transitions; returns the RunResult as a dict.
+
+    Raises:
+        RestartLimitError: the env worker needed more than `max_restarts` restarts.
+    """
     start = time.perf_counter()
     root_path = Path(root)
     out = layout.result_path(root_path, stage, library, env_id, candidate, seed, budget)
@@ -147,12 +175,13 @@ def train_run(
         tracking.TAG_ENV: env_id,
         tracking.TAG_CANDIDATE: candidate,
         tracking.TAG_SEED: str(seed),
+        # a tag, not a param: an interrupted run may be resumed through another backend
+        tracking.TAG_BACKEND: backend,
     }
     params = {
         "algorithm": cand.algorithm,
         "budget": budget,
         "n_envs": cand.n_envs,
-        "backend": backend,
         **{f"hp.{k}": v for k, v in cand.hyperparams.items()},
     }
     with tracking.tracked_run(
@@ -164,7 +193,7 @@ def train_run(
         params=params,
         parent_run_id=parent_run_id,
     ) as run:
-        venv = LdmSB3VecEnv(spec, env_id, cand.n_envs, backend=backend)
+        venv = LdmSB3VecEnv(spec, env_id, cand.n_envs, backend=backend, max_restarts=max_restarts)
         writers = None
         if record:
             obs_space = venv.pool.observation_spaces[0]
@@ -196,10 +225,21 @@ def train_run(
             model.learn(budget, progress_bar=False)
             learn_seconds = time.perf_counter() - learn_start
             paths = env.finish()
+        except WorkerError as exc:
+            env.abort()
+            env.close()
+            if venv.pool.restarts < max_restarts:
+                raise  # failed while starting or before any restart: not a restart limit
+            raise RestartLimitError(
+                f"run {key}: the env worker failed again after {venv.pool.restarts} restart(s), "
+                f"the most a run allows (max_restarts={max_restarts}); each restart cuts the "
+                f"episodes of its envs short. Last cause: {exc}"
+            ) from exc
         except BaseException:
             env.abort()
             env.close()
             raise
+        restarts = venv.pool.restarts
         env.close()
         relabel_seconds = 0.0
         model_file = None
@@ -242,11 +282,16 @@ def train_run(
             relabel_seconds=relabel_seconds,
             final_returns=final_returns,
             final_mean=float(np.mean(final_returns)) if final_returns else None,
+            worker_restarts=restarts,
+            cut_episodes=env.cut_episodes,
+            restart_causes=env.restart_causes,
         )
         run.log_metrics(
             {
                 **({"final_mean_return": result.final_mean} if final_returns else {}),
                 "episodes": len(returns),
+                "worker_restarts": restarts,
+                "cut_episodes": env.cut_episodes,
                 "first10_mean_return": result.first10_mean,
                 "last10_mean_return": result.last10_mean,
                 "learn_seconds": learn_seconds,

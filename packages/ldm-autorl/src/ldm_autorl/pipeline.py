@@ -1,7 +1,16 @@
 """The stages of the paper's dataset generation: rank, train (record + relabel), filter, index.
 
 Every stage is resumable: runs are tasks whose result records are written last, a stage only
-submits the runs without a record, and MLflow runs are found again by their run keys.
+submits the runs without a record, and MLflow runs are found again by their run keys. A run
+whose shards are gone (deleted, or quarantined as corrupt) is not finished any more: `train`
+and `filter` first put it back to to-do (`ldm_autorl.verify.reconcile`), saying so.
+
+One process at a time runs a stage of a library on a data root (`ldm_envs.locks`): a second
+`rank`/`train`/`filter` of the same library and root is refused, naming the holder's pid,
+while other libraries run alongside. A stage's parent MLflow run is keyed by its budget alone;
+the seeds, backends and top-N of the calls that added to it are tags that grow, so calling a
+stage again with another seed or backend at the same budget extends it (the ranking then
+pools every finished seed at that budget).
 """
 
 from __future__ import annotations
@@ -17,19 +26,22 @@ import polars as pl
 from pydantic import BaseModel
 from rich.console import Console
 
-from ldm_autorl import layout
+from ldm_autorl import layout, verify
 from ldm_autorl.candidates import CandidateConfig, compatibility
 from ldm_autorl.candidates import registry as candidate_registry
 from ldm_autorl.executors import Executor, TaskResult, TaskSpec
-from ldm_autorl.jobs import RunResult, load_result
+from ldm_autorl.jobs import MAX_WORKER_RESTARTS, RunResult, load_result
 from ldm_autorl.random_baseline import DEFAULT_EPISODES as DEFAULT_RANDOM_EPISODES
 from ldm_autorl.random_baseline import measure_random
 from ldm_autorl.stats import FilterDecision, decide, rank_candidates, window
 from ldm_autorl.zoo import ZooScore, pct_of_zoo, zoo_best
 from ldm_envs import tracking
+from ldm_envs.backends import check_backend
 from ldm_envs.dataset.index import write_index
 from ldm_envs.dataset.shards import write_decision
 from ldm_envs.errors import LdmEnvsError
+from ldm_envs.inputs import require_at_least, require_positive
+from ldm_envs.locks import stage_lock
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.plugins import get_library
 
@@ -128,6 +140,7 @@ def _plan(
     backend: str,
     parent_run_id: str | None,
     timeout_s: float,
+    max_restarts: int = MAX_WORKER_RESTARTS,
 ) -> tuple[list[TaskSpec], list[RunResult]]:
     tasks: list[TaskSpec] = []
     done: list[RunResult] = []
@@ -154,6 +167,7 @@ def _plan(
                         "record": record,
                         "backend": backend,
                         "parent_run_id": parent_run_id,
+                        "max_restarts": max_restarts,
                     },
                     timeout_s=timeout_s,
                     retries=1,
@@ -209,19 +223,41 @@ def rank(
     backend: str = "venv",
     timeout_s: float = 3600,
     console: Console | None = None,
+    max_restarts: int = MAX_WORKER_RESTARTS,
 ) -> tuple[pl.DataFrame, StageOutcome]:
-    """Train compatible candidates on the ranking subset and rank them by Welch points."""
+    """Train compatible candidates on the ranking subset and rank them by Welch points.
+
+    The ranking at a budget pools every finished seed: calling `rank` again with a new seed
+    (or backend) at the same budget adds its runs to the same parent MLflow run and ranks on
+    all of them. Episodes cut by a worker restart are not ranked (`RunResult.cut_episodes`).
+
+    Raises:
+        BadInputError: a budget below 1, a negative `max_restarts` or an unknown backend,
+            before any run or MLflow record.
+        StageBusyError: another process is ranking this library under `root`.
+    """
+    _check_stage_inputs(budget=budget, backend=backend, max_restarts=max_restarts)
     console = console or Console()
     spec = get_library(library)
     pairs = compatible_pairs(spec, spec.ranking_envs, _candidates(candidates))
-    with tracking.tracked_run(
-        "ranking",
-        library,
-        layout.stage_key("ranking", library, budget),
-        name=f"ranking {library}",
-        params={"budget": budget, "seeds": ",".join(map(str, seeds)), "backend": backend},
-        reuse_finished=True,
-    ) as parent:
+    with (
+        stage_lock(root, library, "ranking"),
+        tracking.tracked_run(
+            "ranking",
+            library,
+            layout.stage_key("ranking", library, budget),
+            name=f"ranking {library}",
+            params={"budget": budget},
+            reuse_finished=True,
+        ) as parent,
+    ):
+        earlier = _other_seeds("ranking", root, spec, pairs, budget=budget, seeds=seeds)
+        parent.add_tag_values(
+            {
+                tracking.TAG_SEEDS: [*seeds, *(r.seed for r in earlier)],
+                tracking.TAG_BACKEND: [backend],
+            }
+        )
         outcome = _submit(
             "ranking",
             spec,
@@ -237,7 +273,14 @@ def rank(
             record=False,
             backend=backend,
             timeout_s=timeout_s,
+            max_restarts=max_restarts,
         )
+        if earlier:
+            console.print(
+                f"[dim]{len(earlier)} finished run(s) of other seeds at this budget: ranked too[/]"
+            )
+            outcome.results += earlier
+            outcome.skipped += len(earlier)
         last: dict[str, dict[str, list[float]]] = {}
         for res in outcome.results:
             last.setdefault(res.env_id, {}).setdefault(res.candidate, []).extend(
@@ -252,13 +295,14 @@ def rank(
         if per_env.height:
             parent.log_table(per_env, "ranking_per_env")
             parent.log_figure(_ranking_figure(table, per_env), "ranking.png")
-        parent.log_metrics({"runs": len(outcome.results), "failures": len(outcome.failures)})
+        parent.log_summary(_stage_metrics(outcome))  # once: a resume reopens the parent
     atomic_write_text(
         layout.ranking_path(root, library),
         json.dumps(
             {
                 "library": library,
                 "budget": budget,
+                "seeds": sorted({r.seed for r in outcome.results}),
                 "ranking": table.to_dicts(),
                 "failures": [f.key for f in outcome.failures],
                 "unranked": unranked,
@@ -267,6 +311,56 @@ def rank(
         ),
     )
     return table, outcome
+
+
+def _check_stage_inputs(
+    *, budget: int, backend: str, top_n: int | None = None, max_restarts: int | None = None
+) -> None:
+    """A budget of 0 trains nothing but would still be launched and recorded (`b0`)."""
+    require_positive("budget", budget)
+    require_positive("top_n", top_n)
+    require_at_least("max_restarts", max_restarts, 0, meaning="fail at the first restart")
+    check_backend(backend)
+
+
+def _other_seeds(
+    stage: str,
+    root: Path,
+    spec: EnvLibrarySpec,
+    pairs: Sequence[tuple[str, CandidateConfig]],
+    *,
+    budget: int,
+    seeds: Sequence[int],
+) -> list[RunResult]:
+    """Finished runs of `pairs` at `budget` with seeds other than `seeds` (earlier calls').
+
+    A ranking at a budget is one parent run that grows with each seed added: its table ranks
+    every seed finished so far, not only the seeds of the latest call.
+    """
+    wanted = {(env_id, cand.name) for env_id, cand in pairs}
+    found: list[RunResult] = []
+    for env_id in sorted({env_id for env_id, _ in pairs}):
+        folder = root / "runs" / stage / spec.name / layout.safe(env_id)
+        for path in sorted(folder.glob(f"*-b{budget}.json")):
+            res = load_result(path)
+            if (
+                res is not None
+                and res.budget == budget
+                and res.seed not in seeds
+                and (res.env_id, res.candidate) in wanted
+            ):
+                found.append(res)
+    return found
+
+
+def _stage_metrics(outcome: StageOutcome) -> dict[str, float]:
+    """A stage parent's counts: runs, failures, worker restarts and the episodes they cut."""
+    return {
+        "runs": len(outcome.results),
+        "failures": len(outcome.failures),
+        "worker_restarts": sum(r.worker_restarts for r in outcome.results),
+        "cut_episodes": sum(r.cut_episodes for r in outcome.results),
+    }
 
 
 def _without_episodes(results: Sequence[RunResult], ranked: set[str]) -> dict[str, str]:
@@ -357,8 +451,16 @@ def train(
     backend: str = "venv",
     timeout_s: float = 6 * 3600,
     console: Console | None = None,
+    max_restarts: int = MAX_WORKER_RESTARTS,
 ) -> StageOutcome:
-    """Reference runs: the top-N compatible ranked candidates on every env, recorded."""
+    """Reference runs: the top-N compatible ranked candidates on every env, recorded.
+
+    Raises:
+        BadInputError: a budget or `top_n` below 1, a negative `max_restarts` or an unknown
+            backend, before any run or MLflow record.
+        StageBusyError: another process runs this library's reference runs under `root`.
+    """
+    _check_stage_inputs(budget=budget, backend=backend, top_n=top_n, max_restarts=max_restarts)
     console = console or Console()
     spec = get_library(library)
     names = load_ranking(root, library)
@@ -369,18 +471,29 @@ def train(
             f"(`ldm-autorl rank {library} --budget N`)"
         )
     ranked = _candidates(names)
+    verify.reconcile(root, say=_warn(console))  # runs that lost shards are to do again
     envs = list(env_ids or spec.env_ids)[:max_envs]
     pairs = []
     for env_id in envs:
         pairs += compatible_pairs(spec, [env_id], ranked)[:top_n]
-    with tracking.tracked_run(
-        "reference",
-        library,
-        layout.stage_key("reference", library, budget),
-        name=f"reference runs {library}",
-        params={"budget": budget, "top_n": top_n, "backend": backend},
-        reuse_finished=True,
-    ) as parent:
+    with (
+        stage_lock(root, library, "reference"),
+        tracking.tracked_run(
+            "reference",
+            library,
+            layout.stage_key("reference", library, budget),
+            name=f"reference runs {library}",
+            params={"budget": budget},
+            reuse_finished=True,
+        ) as parent,
+    ):
+        parent.add_tag_values(
+            {
+                tracking.TAG_SEEDS: seeds,
+                tracking.TAG_BACKEND: [backend],
+                tracking.TAG_TOP_N: [top_n],
+            }
+        )
         outcome = _submit(
             "reference",
             spec,
@@ -396,9 +509,17 @@ def train(
             record=True,
             backend=backend,
             timeout_s=timeout_s,
+            max_restarts=max_restarts,
         )
-        parent.log_metrics({"runs": len(outcome.results), "failures": len(outcome.failures)})
+        parent.log_summary(_stage_metrics(outcome))  # once: a resume reopens the parent
     return outcome
+
+
+def _warn(console: Console) -> verify.Say:
+    """How the stages tell about lost runs, quarantined shards and orphans: one line each."""
+    return lambda message: console.print(
+        f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
+    )
 
 
 def _random_mean(
@@ -430,9 +551,37 @@ def filter_runs(
     through `backend`, `random_episodes` episodes; 0 skips it): the bar a reference must clear,
     and with rl-baselines3-zoo's best published score (`zoo`) the two ends of `% of zoo`,
     which every decision, the filter table and each run's MLflow metrics carry.
+
+    Before deciding, the library's shards are read whole (CRC-32 of every column, flags and
+    episode rules: 0.6-2.1 GiB/s on 2 cores, see the README): corrupt ones are quarantined,
+    and runs that lost a shard go back to to-do instead of being decided on part of their
+    data. A run that lost a shard is never decided, so it leaves no decision behind.
+
+    Raises:
+        StageBusyError: another process is filtering this library under `root`.
     """
+    with stage_lock(root, library, "filter"):
+        return _filter_runs(
+            library, root=root, backend=backend, random_episodes=random_episodes, console=console
+        )
+
+
+def _filter_runs(
+    library: str,
+    *,
+    root: Path,
+    backend: str,
+    random_episodes: int,
+    console: Console | None,
+) -> pl.DataFrame:
+    """`filter_runs` once its stage lock is held."""
     console = console or Console()
+    say = _warn(console)
     spec = get_library(library)
+    verify.quarantine_corrupt(
+        root, _library_shards(root, library), say=say, found_by=f"filter {library}"
+    )
+    verify.reconcile(root, say=say)
     results: dict[str, list[RunResult]] = {}
     for env_id in spec.env_ids:
         folder = root / "runs" / "reference" / library / layout.safe(env_id)
@@ -491,7 +640,7 @@ def filter_runs(
                     "pct_of_zoo": vs_zoo.pct_of_zoo,
                     "final_pct_of_zoo": vs_zoo.final_pct_of_zoo,
                 }
-                tracking.RunHandle(r.mlflow_run_id).log_metrics(
+                tracking.RunHandle(r.mlflow_run_id).log_summary(
                     {k: v for k, v in metrics.items() if v is not None}
                 )
                 rows.append(
@@ -512,12 +661,28 @@ def filter_runs(
                         "pct_of_zoo": vs_zoo.pct_of_zoo,
                         "final_mean": vs_zoo.final_mean,
                         "final_pct_of_zoo": vs_zoo.final_pct_of_zoo,
+                        # episodes cut by worker restarts: already left out of the means
+                        "worker_restarts": r.worker_restarts,
+                        "cut_episodes": r.cut_episodes,
                     }
                 )
         table = pl.DataFrame(rows) if rows else pl.DataFrame()
         if rows:
             parent.log_table(table, "filter_decisions")
-            parent.log_metrics({"kept": int(table["kept"].sum()), "runs": table.height})
-    index = write_index(root)
+            parent.log_summary({"kept": int(table["kept"].sum()), "runs": table.height})
+    index = write_index(root, on_corrupt="quarantine", report=say)
+    if verify.reconcile(root, say=say):  # another library's shard failed at the index build
+        index = write_index(root, on_corrupt="quarantine", report=say)
     console.print(f"index written: {index}")
     return table
+
+
+def _library_shards(root: Path, library: str) -> list[str]:
+    """The shards the library's finished reference runs name (relative to `root`)."""
+    folder = root / "runs" / "reference" / library
+    shards: list[str] = []
+    for path in sorted(folder.rglob("*.json")):
+        res = load_result(path)
+        if res is not None:
+            shards += res.shards
+    return shards

@@ -3,6 +3,11 @@
 Each sub-env of the training VecEnv gets its own shard part, so a part holds whole episodes
 back to back (the model's window sampler reads contiguous rows, crossing episode boundaries
 the way evaluation keeps context across episodes). Rows are buffered and written in blocks.
+
+An episode cut short by a worker restart (its worker crashed or hung and `EnvPool` started a
+fresh one) ended because of the machine, not the policy: its last row is marked `restarted`
+in the shard, and it is left out of the episode returns and lengths that feed the first/last
+10% statistics, the ranking and the learning curve (`cut_episodes` counts it).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class _PartBuffer:
         self.truncated: list[bool] = []
         self.episode: list[int] = []
         self.step: list[int] = []
+        self.restarted: list[bool] = []
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -48,6 +54,7 @@ class _PartBuffer:
             np.asarray(self.truncated, np.bool_),
             np.asarray(self.episode, np.int64),
             np.asarray(self.step, np.int64),
+            np.asarray(self.restarted, np.bool_),
         )
         self.__init__()  # type: ignore[misc]
 
@@ -58,6 +65,10 @@ class RecordingVecEnv(VecEnvWrapper):
     Without writers it only keeps the episode returns (the learning curve), which ranking runs
     need and reference runs log as well. `record_seconds` is the time spent recording, so the
     overhead outside SB3's own training can be reported.
+
+    Episodes that end with `worker_restarted` in their info are not in `episode_returns` or
+    `episode_lengths`; `cut_episodes` counts them and `restart_causes` keeps each distinct
+    cause, and their last row is marked `restarted` in the shard.
     """
 
     def __init__(self, venv: VecEnv, writers: Sequence[ShardWriter] | None = None) -> None:
@@ -68,6 +79,8 @@ class RecordingVecEnv(VecEnvWrapper):
         self.buffers = [_PartBuffer() for _ in range(venv.num_envs)]
         self.episode_returns: list[float] = []
         self.episode_lengths: list[int] = []
+        self.cut_episodes = 0
+        self.restart_causes: list[str] = []
         self._episode = np.zeros(venv.num_envs, np.int64)
         self._step = np.zeros(venv.num_envs, np.int64)
         self._return = np.zeros(venv.num_envs, np.float64)
@@ -99,6 +112,8 @@ class RecordingVecEnv(VecEnvWrapper):
         for i in range(self.num_envs):
             truncated = bool(dones[i] and infos[i].get("TimeLimit.truncated", False))
             terminated = bool(dones[i]) and not truncated
+            cause = infos[i].get("worker_restarted") if dones[i] else None
+            restarted = cause is not None
             if self.writers is not None:
                 buf = self.buffers[i]
                 buf.obs.append(last[i])
@@ -108,13 +123,19 @@ class RecordingVecEnv(VecEnvWrapper):
                 buf.truncated.append(truncated)
                 buf.episode.append(int(self._episode[i]))
                 buf.step.append(int(self._step[i]))
+                buf.restarted.append(restarted)
                 if len(buf) >= FLUSH_ROWS:
                     buf.flush(self.writers[i])
             self._return[i] += float(rewards[i])
             self._step[i] += 1
-            if dones[i]:
+            if restarted:
+                self.cut_episodes += 1
+                if str(cause) not in self.restart_causes:
+                    self.restart_causes.append(str(cause))
+            elif dones[i]:
                 self.episode_returns.append(float(self._return[i]))
                 self.episode_lengths.append(int(self._step[i]))
+            if dones[i]:
                 self._return[i] = 0.0
                 self._step[i] = 0
                 self._episode[i] += 1

@@ -60,6 +60,8 @@ def _ppo_steps_per_second(
     import torch
     from stable_baselines3 import PPO
 
+    from ldm_envs.sb3 import folderless_logger
+
     # one torch thread for both contenders: SB3's small MLPs gain nothing from more on 2 cores,
     # and a second thread only contends with the env worker
     torch.set_num_threads(1)
@@ -67,6 +69,7 @@ def _ppo_steps_per_second(
     env = make_env()
     params = hyperparams if hyperparams is not None else PPO_CONFIGS["one-epoch"]
     model = PPO("MlpPolicy", env, seed=0, device="cpu", **params)
+    model.set_logger(folderless_logger())  # no SB3-<date> folder in /tmp per run
     model.learn(256)  # warm-up: one rollout and one update
     start = time.perf_counter()
     model.learn(timesteps, reset_num_timesteps=True)
@@ -136,6 +139,9 @@ def run_benchmark(
                     backend=backend,
                     num_workers=workers,
                     shared_memory=shared,
+                    # the mode the README's figures were measured in (and SB3's, through the
+                    # same pool); NEXT_STEP adds a socket step after each episode end
+                    autoreset_mode="SameStep",
                 )
                 measured[label] = _steps_per_second(env, num_envs, seconds)
                 progress.advance(task)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, get_backend
+from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from ldm_envs.checker import EnvCheck, check_library, last_check
+from ldm_envs.cli_errors import fail
+from ldm_envs.console import make_console
 from ldm_envs.errors import LdmEnvsError
+from ldm_envs.inputs import require_positive_all
 from ldm_envs.manifest import write_manifest
 from ldm_envs.plugins import registry
 
@@ -21,17 +23,17 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+# wide enough off a terminal (`> log`): see ldm_envs.console
+console = make_console()
+err = make_console(stderr=True)
 
 BackendOpt = Annotated[
     str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
 ]
 
 
-def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
+def _fail(exc: BaseException | str) -> NoReturn:
+    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
 
 def _space_kind(space: object) -> str:
@@ -240,6 +242,7 @@ def check(
 ) -> None:
     """Random rollouts of every declared env, verifying spaces against what comes back."""
     try:
+        require_positive_all({"--steps": steps, "--num-envs": num_envs})
         spec = registry().get(library)
         backend_obj = get_backend(backend, console=err)
     except LdmEnvsError as exc:
@@ -292,6 +295,17 @@ def bench(
     if unknown:
         _fail(LdmEnvsError(f"unknown --ppo-config {unknown}; known: {sorted(PPO_CONFIGS)}"))
     try:
+        require_positive_all(
+            {
+                "--envs": envs,
+                "--seconds": seconds,
+                "--workers": workers,
+                "--rounds": rounds,
+                "--ppo-timesteps": ppo_timesteps,
+            }
+        )
+        for name in backend or []:
+            check_backend(name, field="--backend")
         run_benchmark(
             console,
             num_envs=envs,

@@ -7,6 +7,19 @@ class LdmEnvsError(Exception):
     """Base of every error raised by ldm-envs."""
 
 
+class BadInputError(LdmEnvsError, ValueError):
+    """A value given by the user is refused before any work starts; the message names the field.
+
+    The CLIs turn it into one `error: <field>: <why>` line and exit code 2 (bad usage), so a
+    count of 0, a mistyped backend or device never launches, records or builds anything.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.reason = message
+        super().__init__(f"{field}: {message}")
+
+
 class SpaceError(LdmEnvsError, ValueError):
     """A space is unsupported, malformed, or beyond the paper's size limits."""
 
@@ -66,6 +79,14 @@ class WorkerTimeoutError(WorkerError):
 
 class EnvRaisedError(WorkerError):
     """An env raised inside the worker; the cause holds the remote traceback."""
+
+
+class PoolClosedError(LdmEnvsError, RuntimeError):
+    """A closed pool (or a vector env over it) was stepped, reset or queried.
+
+    Raised instead of restarting the workers as if they had crashed: a closed pool starts
+    nothing again, so no worker outlives the pool that forgot it.
+    """
 
 
 class ActionError(LdmEnvsError, ValueError):

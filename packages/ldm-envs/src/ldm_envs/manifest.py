@@ -58,6 +58,31 @@ class IsolatedEnvironment(BaseModel):
     base_image: str | None = None
     local_packages: list[str] = []
 
+    @field_validator("requirements", "build_constraints")
+    @classmethod
+    def _pep508(cls, value: list[str]) -> list[str]:
+        """Refuse a malformed requirement here, not minutes later in the resolver's log.
+
+        A line starting with `-` (a pip option such as `--extra-index-url`) and a bare URL or
+        path go to the installer unchanged; everything else must be a PEP 508 requirement.
+        """
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for i, entry in enumerate(value):
+            text = entry.strip()
+            if not text:
+                raise ValueError(f"entry {i} is empty")
+            if text.startswith(("-", ".", "/")) or "://" in text.split("@")[0]:
+                continue
+            try:
+                Requirement(text)
+            except InvalidRequirement as exc:
+                first = str(exc).splitlines()[0]
+                raise ValueError(
+                    f"{entry!r} is not a PEP 508 requirement such as 'name>=1.0' ({first})"
+                ) from None
+        return value
+
     @field_validator("local_packages")
     @classmethod
     def _relative_inside_plugin(cls, value: list[str]) -> list[str]:

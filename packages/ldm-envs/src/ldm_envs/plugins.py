@@ -1,12 +1,22 @@
 """Discovery of env-library plugins through the `ldm.env_libraries` entry-point group.
 
 A broken plugin is recorded with a message naming it and its faulty field, and never hides the
-others: `LibraryRegistry.get` raises that message only when the broken library is asked for.
+others: `LibraryRegistry.get` raises that message only when the broken library is asked for
+(and `ldm-envs list` shows every broken one); discovery itself only logs at debug level, so a
+broken plugin does not speak up in every command that never asked for it.
+
+Importing a plugin is third-party code running inside every CLI. `load_entry_point` contains
+it: an import that raises anything, `SystemExit` included (a stray `sys.exit()`), makes that
+plugin broken instead of ending the process, and an import that hangs is abandoned after
+`LDM_PLUGIN_IMPORT_TIMEOUT` seconds (default 60) with a message naming the plugin. Only
+`KeyboardInterrupt` goes through: the user asked to stop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -21,7 +31,82 @@ from ldm_envs.manifest import EnvLibrarySpec, parse_manifest, read_manifest
 
 ENTRY_POINT_GROUP = "ldm.env_libraries"
 DISTRIBUTION_PREFIX = "ldm-envlib-"
+#: Seconds a plugin's import may take before it counts as hung (`LDM_PLUGIN_IMPORT_TIMEOUT`).
+#: Plugins import nothing heavy by design; the margin is for a loaded machine.
+DEFAULT_IMPORT_TIMEOUT = 60.0
 logger = logging.getLogger(__name__)
+
+
+def import_timeout() -> float:
+    """The plugin import time limit: `LDM_PLUGIN_IMPORT_TIMEOUT` seconds, else the default.
+
+    Raises:
+        PluginError: when the variable is not a positive number (naming it).
+    """
+    raw = os.environ.get("LDM_PLUGIN_IMPORT_TIMEOUT", "").strip()
+    if not raw:
+        return DEFAULT_IMPORT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise PluginError(f"LDM_PLUGIN_IMPORT_TIMEOUT must be a positive number, got {raw!r}")
+    return value
+
+
+def load_entry_point(
+    ep: EntryPoint,
+    *,
+    finish: Callable[[Any], Any] | None = None,
+    timeout: float | None = None,
+) -> Any:
+    """`ep.load()`, contained: whatever the plugin's import does, the caller gets on.
+
+    The import runs in a daemon thread joined with `timeout` (default `import_timeout()`), so
+    a plugin that hangs on import is abandoned (its thread finishes or dies with the process)
+    and one that calls `sys.exit()` or raises any other `BaseException` is reported. The
+    entry-point registries of ldm-autorl and ldm-model load their plugins through this too.
+
+    Args:
+        ep: the entry point.
+        finish: applied to the loaded object in the same thread, under the same limit and
+            containment (calling a factory the entry point names, say).
+        timeout: seconds; None reads `LDM_PLUGIN_IMPORT_TIMEOUT`.
+
+    Raises:
+        PluginError: naming the plugin and what its import did (exception, exit, or timeout).
+        KeyboardInterrupt: passed through, from the import or while waiting for it.
+    """
+    limit = import_timeout() if timeout is None else timeout
+    outcome: list[Any] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            loaded = ep.load()
+            outcome.append(finish(loaded) if finish is not None else loaded)
+        except BaseException as exc:  # SystemExit too: a plugin never ends the process
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, name=f"ldm-plugin-import:{ep.name}", daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        raise PluginError(
+            f"plugin {ep.name!r}: importing {ep.value!r} took more than {limit:g} s, so it was "
+            "skipped (a hang on import?); raise LDM_PLUGIN_IMPORT_TIMEOUT if it is just slow"
+        )
+    if failure:
+        exc = failure[0]
+        if isinstance(exc, KeyboardInterrupt | LdmEnvsError):
+            raise exc
+        if isinstance(exc, SystemExit):
+            what = f"it called sys.exit({exc.code!r}) while being imported"
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"plugin {ep.name!r}: loading {ep.value!r} failed: {what}") from None
+    return outcome[0]
 
 
 @dataclass(frozen=True)
@@ -76,22 +161,20 @@ class LibraryRegistry:
                 registry.libraries[ep.name] = _load_entry_point(ep)
             except LdmEnvsError as exc:
                 registry.broken[ep.name] = str(exc)
-                logger.warning("skipping env-library plugin %r: %s", ep.name, exc)
+                logger.debug("skipping env-library plugin %r: %s", ep.name, exc)
             except Exception as exc:
                 msg = (
                     f"plugin {ep.name!r}: loading {ep.value!r} failed: {type(exc).__name__}: {exc}"
                 )
                 registry.broken[ep.name] = msg
-                logger.warning("skipping env-library plugin %r: %s", ep.name, msg)
+                logger.debug("skipping env-library plugin %r: %s", ep.name, msg)
         return registry
 
 
 def _load_entry_point(ep: EntryPoint) -> LoadedLibrary:
     dist = ep.dist.name if ep.dist is not None else None
-    target: Any = ep.load()
+    target: Any = load_entry_point(ep, finish=_call_factory)
     source: Path | None = None
-    if callable(target) and not isinstance(target, EnvLibrarySpec | Path):
-        target = target()
     if isinstance(target, str | Path):
         source = Path(target)
         if not source.exists():
@@ -111,6 +194,13 @@ def _load_entry_point(ep: EntryPoint) -> LoadedLibrary:
         )
     _check_core_range(ep.name, spec.requires_core)
     return LoadedLibrary(spec=spec, plugin=ep.name, distribution=dist, source=source)
+
+
+def _call_factory(target: Any) -> Any:
+    """A callable entry point returns the manifest (a spec or a path is the manifest itself)."""
+    if callable(target) and not isinstance(target, EnvLibrarySpec | Path):
+        return target()
+    return target
 
 
 def _check_core_range(plugin: str, requirement: str) -> None:

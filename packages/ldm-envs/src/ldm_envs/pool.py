@@ -19,7 +19,8 @@ import numpy as np
 from rich.console import Console
 
 from ldm_envs.backends import DEFAULT_BACKEND, Backend, get_backend
-from ldm_envs.errors import ActionError, SpaceError, WorkerError
+from ldm_envs.errors import ActionError, PoolClosedError, SpaceError, WorkerError
+from ldm_envs.inputs import require_positive
 from ldm_envs.manifest import EnvLibrarySpec
 from ldm_envs.plugins import LibraryLike, resolve_library
 from ldm_envs.protocol import SocketWorkerClient, WorkerClient
@@ -105,6 +106,26 @@ class ActionChecker:
             return bool(np.all(actions >= self.low) and np.all(actions <= self.high))
         return False
 
+    def _numeric(self, arr: np.ndarray, env_ids: Sequence[str], first_index: int) -> np.ndarray:
+        """Cast an object array of numbers; refuse actions that are not numbers, naming the env.
+
+        A string, None or a complex value would otherwise reach NumPy's comparisons below and
+        fail there with an error that names no env.
+
+        Raises:
+            ActionError: naming the first env whose action is not a number.
+        """
+        if arr.dtype.kind == "O" and _is_number(arr):
+            return arr.astype(np.float64)
+        rows = list(arr) if arr.ndim and len(arr) == len(env_ids) else [arr]
+        i = next((k for k, row in enumerate(rows) if not _is_number(row)), 0)
+        value = np.asarray(rows[i]).tolist()  # a plain Python value in the message
+        raise ActionError(
+            f"action {value!r} for env {env_ids[i]!r} (index {first_index + i}) is not a number "
+            f"(dtype {arr.dtype}); action space {self.space.describe()} takes "
+            f"{self.dtype.name} values"
+        )
+
     def convert(
         self, actions: Any, n: int, env_ids: Sequence[str], first_index: int = 0
     ) -> np.ndarray:
@@ -116,6 +137,8 @@ class ActionChecker:
         arr = np.asarray(actions)
         if self._discrete_inside(arr, n):
             return arr.astype(self.dtype, copy=False)
+        if arr.dtype.kind not in "biuf":
+            arr = self._numeric(arr, env_ids, first_index)
         if arr.shape[:1] != (n,) or arr.shape[1:] != self.shape:
             if arr.size == n * int(np.prod(self.shape)):
                 arr = arr.reshape((n, *self.shape))
@@ -134,6 +157,20 @@ class ActionChecker:
                 + (f" and {bad.size - 1} more" if bad.size > 1 else "")
             )
         return arr.astype(self.dtype, copy=False)
+
+
+def _is_number(value: Any) -> bool:
+    """Whether `value` (a scalar, a row or a batch) holds only real numbers."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "biuf":
+        return True
+    if arr.dtype.kind != "O":
+        return False
+    try:
+        arr.astype(np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass
@@ -163,7 +200,8 @@ class _Worker:
 
         Steps go through shared memory when the worker has it; everything else by socket.
         """
-        self.sent_shared = self.shared is not None and header.get("cmd") == "step"
+        # only the plain step goes through shared memory (a step holding envs carries a header)
+        self.sent_shared = self.shared is not None and header is _STEP
         try:
             if self.sent_shared:
                 self.shared.send(arrays[0])  # type: ignore[union-attr]
@@ -193,6 +231,10 @@ class EnvPool:
     `shared_memory` (default: on unless `LDM_SHARED_STEPS=0`) moves steps of envs that share
     their spaces to a memory region mapped by host and worker (`shared_steps.py`); other
     commands, and pools of mixed spaces, use the socket. `transport` says which was taken.
+
+    `num_envs` and `num_workers` below 1 are refused (`BadInputError`), never rounded up to 1.
+    After `close()`, stepping, resetting or querying raises `PoolClosedError` and starts
+    nothing: a closed worker must not look like a crashed one, which would be restarted.
     """
 
     def __init__(
@@ -209,6 +251,9 @@ class EnvPool:
         shared_memory: bool | None = None,
         console: Console | None = None,
     ) -> None:
+        self._closed = True  # until the workers start: `__del__` of a refused pool closes nothing
+        require_positive("num_envs", num_envs)
+        require_positive("num_workers", num_workers)
         self.spec: EnvLibrarySpec = resolve_library(library)
         if isinstance(env_ids, str):
             env_ids = [env_ids] * (num_envs or 1)
@@ -360,10 +405,36 @@ class EnvPool:
             raise ValueError(f"{len(seeds)} seeds for {self.num_envs} envs")
         return seeds
 
+    @property
+    def restarts(self) -> int:
+        """Worker restarts so far, all workers together (each cut its envs' episodes short).
+
+        A run that trains through the pool records it, so its episode statistics can be
+        trusted or questioned (`failures` holds each restart's envs and cause).
+        """
+        return sum(w.restarts for w in self.workers)
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called (the workers are gone for good)."""
+        return self._closed
+
+    def _check_open(self, what: str) -> None:
+        if self._closed:
+            raise PoolClosedError(
+                f"library {self.spec.name!r}: cannot {what} a closed pool of {self.num_envs} "
+                f"env(s) ({', '.join(sorted(set(self.env_ids)))}); make a new one"
+            )
+
     def reset(
         self, seed: int | Sequence[int | None] | None = None
     ) -> tuple[Obs, list[dict[str, Any]]]:
-        """Reset every env; an int seed gives env i the seed `seed + i`."""
+        """Reset every env; an int seed gives env i the seed `seed + i`.
+
+        Raises:
+            PoolClosedError: after `close()`.
+        """
+        self._check_open("reset")
         seeds = self._seeds(seed)
         for w in self.workers:
             w.client.send({"cmd": "reset", "seeds": [seeds[i] for i in w.indices]})
@@ -378,11 +449,30 @@ class EnvPool:
 
     # -- step ----------------------------------------------------------------------------------
 
-    def step_send(self, actions: Any) -> None:
-        """Validate and send actions to every worker without waiting (pairs with `step_recv`)."""
+    def step_send(self, actions: Any, hold: Sequence[int] = ()) -> None:
+        """Validate and send actions to every worker without waiting (pairs with `step_recv`).
+
+        Args:
+            actions: one action per env (every one is checked, held envs' too).
+            hold: envs not to step this time: each answers the first observation of its
+                current episode again, with reward 0 and no episode end, and its action is
+                ignored. `LdmVectorEnv` uses it for Gymnasium's next-step autoreset (the step
+                after an episode end only resets). A worker holding envs gets its step by
+                socket, not shared memory.
+
+        Raises:
+            PoolClosedError: after `close()`.
+            ActionError: naming the env whose action is outside its space or not a number.
+        """
+        if self._closed:
+            self._check_open("step")
         if self.homogeneous:
             arr = self._checkers[0].convert(actions, self.num_envs, self.env_ids)
             self._pending = arr
+            if len(hold):
+                for w, header in zip(self.workers, self._step_headers(hold), strict=True):
+                    w.send(header, [arr[w.indices[0] : w.indices[-1] + 1]])
+                return
             if len(self.workers) == 1:
                 self.workers[0].send(_STEP, [arr])
                 return
@@ -396,18 +486,33 @@ class EnvPool:
             for i, a in enumerate(actions)
         ]
         self._pending = per_env
-        for w in self.workers:
+        for w, header in zip(self.workers, self._step_headers(hold), strict=True):
             # heterogeneous action spaces travel as float64: one row per env when their sizes
             # agree, else one flat vector the worker splits by `sizes`
             rows = [np.asarray(per_env[i], np.float64).ravel() for i in w.indices]
             sizes = [r.size for r in rows]
             if len(set(sizes)) == 1:
-                w.send(_STEP, [np.stack(rows)])
+                w.send(header, [np.stack(rows)])
             else:
-                w.send({"cmd": "step", "sizes": sizes}, [np.concatenate(rows)])
+                w.send({**header, "sizes": sizes}, [np.concatenate(rows)])
+
+    def _step_headers(self, hold: Sequence[int]) -> list[dict[str, Any]]:
+        """Each worker's step header: `_STEP`, or one naming the envs it holds (local indices)."""
+        held = {int(i) for i in hold}
+        if not held:
+            return [_STEP] * len(self.workers)
+        if not held <= set(range(self.num_envs)):
+            raise ValueError(f"hold {sorted(held)}: env indices go from 0 to {self.num_envs - 1}")
+        headers = []
+        for w in self.workers:
+            local = [j for j, i in enumerate(w.indices) if i in held]
+            headers.append({"cmd": "step", "hold": local} if local else _STEP)
+        return headers
 
     def step_recv(self) -> StepResult:
         """Collect the replies of the step sent by `step_send`."""
+        if self._closed:
+            self._check_open("step")
         if self._shared_alone is not None and self._shared_alone.sent_shared:
             return self._recv_shared_alone(self._shared_alone)
         n = self.num_envs
@@ -482,9 +587,9 @@ class EnvPool:
         self._pending = None
         return StepResult(obs, status[0], status[1] > 0, status[2] > 0, infos)
 
-    def step(self, actions: Any) -> StepResult:
-        """One batched step of every env (auto-reset in the same step)."""
-        self.step_send(actions)
+    def step(self, actions: Any, hold: Sequence[int] = ()) -> StepResult:
+        """One batched step of every env but the held ones (auto-reset in the same step)."""
+        self.step_send(actions, hold)
         return self.step_recv()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -541,6 +646,7 @@ class EnvPool:
 
     def call(self, name: str, indices: Sequence[int] | None = None) -> list[Any]:
         """Read an attribute of the remote envs (JSON-able values only)."""
+        self._check_open("query")
         indices = list(range(self.num_envs)) if indices is None else list(indices)
         out: list[Any] = []
         for w in self.workers:

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
+from stable_baselines3.common.vec_env import VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from ldm_envs.pool import EnvPool
+
+
+def folderless_logger(verbose: int = 0) -> Logger:
+    """An SB3 logger that writes no files: the console at `verbose` >= 1, else nothing.
+
+    SB3's default logger (`configure_logger`, set up by `learn` on a model without a logger of
+    its own and no `tensorboard_log`) creates `<tmp>/SB3-<date and time>` even when it writes
+    nothing there: one quickstart left 25 such folders in /tmp. ldm-autorl's models and the
+    benchmark's get this one (`model.set_logger(folderless_logger())`), which keeps SB3's
+    console output at `verbose` >= 1 and its `ep_info_buffer`.
+    """
+    return Logger(folder=None, output_formats=[HumanOutputFormat(sys.stdout)] if verbose else [])
 
 
 def env_actions(space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:
@@ -93,6 +108,28 @@ class LdmSB3VecEnv(VecEnv):
         raise NotImplementedError("remote env methods are not exposed; use the manifest")
 
     def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
-        # The worker reports Monitor's episode statistics itself.
-        is_monitor = wrapper_class.__name__ == "Monitor"
+        """True for SB3's `Monitor`: the worker reports its episode statistics itself.
+
+        SB3's `evaluate_policy` asks so that it reads those statistics (and does not warn that
+        no Monitor is there). `VecMonitor` asks too, only to warn that it will overwrite a
+        Monitor's statistics; over this env it computes the same ones from the same steps, so
+        the warning would be noise on every wrap: `VecMonitor` alone is answered False.
+        """
+        is_monitor = wrapper_class.__name__ == "Monitor" and not _asked_by_vec_monitor()
         return [is_monitor] * len(self._get_indices(indices))
+
+
+def _asked_by_vec_monitor(depth: int = 12) -> bool:
+    """Whether `env_is_wrapped` runs for `VecMonitor.__init__`'s warning check.
+
+    Looks a few frames up: wrappers in between (`VecNormalize`, ...) pass the question down.
+    """
+    code = VecMonitor.__init__.__code__
+    frame = sys._getframe(2)  # 0: here, 1: env_is_wrapped, 2: its caller
+    for _ in range(depth):
+        if frame is None:
+            return False
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False

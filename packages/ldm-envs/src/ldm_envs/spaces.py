@@ -73,14 +73,29 @@ class BoxSpace(_SpaceModel):
     @model_validator(mode="after")
     def _bounds_match_shape(self) -> BoxSpace:
         size = math.prod(self.shape)
-        if any(d < 0 for d in self.shape):
-            raise ValueError(f"shape {self.shape} has a negative dimension")
+        if any(d <= 0 for d in self.shape):
+            # a zero dimension is a box without values: nothing to observe or act on
+            raise ValueError(f"shape {list(self.shape)} has a dimension below 1")
+        dt = np.dtype(self.dtype)
         for name in ("low", "high"):
             bound = getattr(self, name)
             if isinstance(bound, list) and len(bound) != size:
                 raise ValueError(
                     f"{name} has {len(bound)} values but shape {self.shape} holds {size}"
                 )
+            values = np.asarray(bound, dtype=np.float64)
+            if np.isnan(values).any():
+                raise ValueError(f"{name} holds NaN; an unbounded dimension is -inf/inf (.inf)")
+            if dt.kind == "f":
+                # checked before any cast, which would overflow to inf with a NumPy warning
+                limit = float(np.finfo(dt).max)
+                finite = values[np.isfinite(values)]
+                if finite.size and float(np.abs(finite).max()) > limit:
+                    worst = float(finite[np.argmax(np.abs(finite))])
+                    raise ValueError(
+                        f"{name} {worst:g} is beyond the range of {dt.name} (+-{limit:.4g}); "
+                        "write -inf/inf (.inf in YAML) for an unbounded dimension"
+                    )
         if np.any(self.low_array() > self.high_array()):
             raise ValueError("low exceeds high in some dimension")
         return self

@@ -14,7 +14,10 @@ instead, which is what a multi-node run wants.
 One experiment per stage and library (`ldm-<stage>/<library>`). Every run carries the tags
 `ldm.stage`, `ldm.library` and `ldm.run_key`; the run key is what makes a pipeline resumable: a
 FINISHED run with that key means the work is done, an unfinished one (RUNNING after a crash,
-FAILED, KILLED) is reopened by `tracked_run` rather than duplicated.
+FAILED, KILLED) is reopened by `tracked_run` rather than duplicated. Finding that run and
+creating it when there is none is one atomic step: on the embedded store under a file lock
+next to the database, on a server by looking again after creating and keeping only the oldest
+run with the key. So two processes opening the same key at once share one run.
 
 Several processes may log to the same SQLite store at once (a local process pool): the store is
 created under a file lock, and writes that meet `database is locked` are retried with backoff.
@@ -40,6 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ldm_envs.errors import LdmEnvsError
 from ldm_envs.paths import data_home
 
 if TYPE_CHECKING:
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "STAGES",
+    "TAG_BACKEND",
     "TAG_CANDIDATE",
     "TAG_DECISION",
     "TAG_ENV",
@@ -57,7 +62,9 @@ __all__ = [
     "TAG_REASON",
     "TAG_RUN_KEY",
     "TAG_SEED",
+    "TAG_SEEDS",
     "TAG_STAGE",
+    "TAG_TOP_N",
     "RunHandle",
     "TrackingError",
     "artifact_root",
@@ -75,6 +82,12 @@ TAG_ENV = "ldm.env_id"
 TAG_CANDIDATE = "ldm.candidate"
 TAG_SEED = "ldm.seed"
 TAG_RUN_KEY = "ldm.run_key"
+#: The isolation backend a run used (last): a tag, not a param, so another backend can resume it.
+TAG_BACKEND = "ldm.backend"
+#: On a stage's parent run: every seed its child runs used so far ("0,1"), grown by each call.
+TAG_SEEDS = "ldm.seeds"
+#: On the reference stage's parent run: every top-N it was called with.
+TAG_TOP_N = "ldm.top_n"
 #: Marks an experiment as model training (MLflow 3.17's UI does not yet pick its view from it).
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
@@ -96,6 +109,9 @@ _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAMS_TAGS_PER_BATCH = 100
 _MAX_HTML_ROWS = 10_000
 
+#: How far other nodes' clocks may lag ours when telling a rival new run from an old attempt.
+_CLOCK_SKEW_MS = 60_000
+
 _LOCKED_MARKERS = ("database is locked", "database table is locked", "database is busy")
 _RETRY_SECONDS = 180.0
 
@@ -107,8 +123,11 @@ _clients: dict[str, MlflowClient] = {}
 _experiments: dict[tuple[str, str], str] = {}
 
 
-class TrackingError(RuntimeError):
-    """Tracking failed in a way the caller must fix (a changed param, a deleted experiment)."""
+class TrackingError(LdmEnvsError, RuntimeError):
+    """Tracking failed in a way the caller must fix (a changed param, a deleted experiment).
+
+    An `LdmEnvsError`, so the CLIs print it as one `error: ...` line, not a traceback.
+    """
 
 
 _EXTRA_HINT = "pip install 'ldm-envs[tracking]'"
@@ -427,17 +446,19 @@ def tracked_run(
     base_tags = {TAG_STAGE: stage, TAG_LIBRARY: library, TAG_RUN_KEY: run_key, **(tags or {})}
     if parent_run_id:
         base_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    existing = find_run(stage, library, run_key)
-    if existing is not None and (reuse_finished or existing.info.status != "FINISHED"):
-        run_id = existing.info.run_id
-        _retry(lambda: client.update_run(run_id, status="RUNNING", name=name))
-        handle = RunHandle(run_id, experiment_id=exp_id, resumed=True)
+    asked_ms = int(time.time() * 1000)
+    with _creation_lock():  # find-or-create is one step: two processes never both create
+        existing = find_run(stage, library, run_key)
+        if existing is not None and (reuse_finished or existing.info.status != "FINISHED"):
+            handle = RunHandle(existing.info.run_id, experiment_id=exp_id, resumed=True)
+        else:
+            all_tags = context_registry.resolve_tags({**base_tags, MLFLOW_RUN_NAME: name})
+            all_tags = {k: _truncate(str(v), _MAX_TAG_LEN) for k, v in all_tags.items()}
+            run = _retry(lambda: client.create_run(exp_id, tags=all_tags, run_name=name))
+            handle = _keep_oldest(run_key, run.info.run_id, exp_id, since_ms=asked_ms)
+    if handle.resumed:
+        _retry(lambda: client.update_run(handle.run_id, status="RUNNING", name=name))
         handle.set_tags(base_tags)
-    else:
-        all_tags = context_registry.resolve_tags({**base_tags, MLFLOW_RUN_NAME: name})
-        all_tags = {k: _truncate(str(v), _MAX_TAG_LEN) for k, v in all_tags.items()}
-        run = _retry(lambda: client.create_run(exp_id, tags=all_tags, run_name=name))
-        handle = RunHandle(run.info.run_id, experiment_id=exp_id, resumed=False)
     try:
         if params:
             handle.log_params(params)
@@ -449,6 +470,56 @@ def tracked_run(
         _retry(lambda: client.set_terminated(handle.run_id, status=status))
         raise
     _retry(lambda: client.set_terminated(handle.run_id, status="FINISHED"))
+
+
+@contextlib.contextmanager
+def _creation_lock() -> Iterator[None]:
+    """Serialize find-or-create of runs among the processes sharing this tracking store.
+
+    The embedded SQLite store gets a file lock next to its database (held for one search and
+    at most one insert); a server has no lock we could share, and relies on `_keep_oldest`.
+    """
+    uri = tracking_uri()
+    db = _sqlite_path(uri) if _is_embedded(uri) else None
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(db.with_name(db.name + ".runs.lock")):
+        yield
+
+
+def _keep_oldest(run_key: str, created: str, exp_id: str, *, since_ms: int) -> RunHandle:
+    """After creating run `created`, make sure it is the only new live run with `run_key`.
+
+    Where no lock serialized the creation (a tracking server shared by several nodes), another
+    process may have created a run with the same key meanwhile: among the RUNNING runs with the
+    key started since `since_ms` (when this process looked for one, less a minute for clocks
+    of other nodes; older runs are earlier attempts, not rivals), every process keeps the
+    oldest (earliest start, then smallest id), and a process whose run lost deletes its own
+    and reopens the winner, so the key still names one run.
+    """
+    _require("mlflow")
+    from mlflow.entities import ViewType
+
+    client = _client()
+    runs = _retry(
+        lambda: client.search_runs(
+            [exp_id],
+            filter_string=_run_key_filter(run_key),
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=50,
+        )
+    )
+    recent = since_ms - _CLOCK_SKEW_MS
+    runs = [r for r in runs if r.info.status == "RUNNING" and (r.info.start_time or 0) >= recent]
+    if len(runs) <= 1:
+        return RunHandle(created, experiment_id=exp_id, resumed=False)
+    oldest = min(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    if oldest.info.run_id == created:
+        return RunHandle(created, experiment_id=exp_id, resumed=False)
+    _retry(lambda: client.delete_run(created))
+    return RunHandle(oldest.info.run_id, experiment_id=exp_id, resumed=True)
 
 
 def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
@@ -491,6 +562,36 @@ class RunHandle:
         items = [Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items()]
         self._log_metric_items(items)
 
+    def log_summary(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Log a run's summary values (counts, totals) once, however often the run is reopened.
+
+        A stage's parent run is reopened by every resume of the stage, which used to log its
+        counts again at step 0 each time: duplicate points in the metric history. Here a value
+        the run already holds as that metric's latest is skipped; a changed one (a resume that
+        finished more runs) becomes the next point of its history (step = points so far), so
+        the history reads as the stage's progress.
+
+        Returns:
+            The metrics that were logged.
+        """
+        _require("mlflow")
+        from mlflow.entities import Metric
+
+        client = _client()
+        have = _retry(lambda: client.get_run(self.run_id)).data.metrics
+        fresh = {k: float(v) for k, v in metrics.items() if k not in have or not _same(have[k], v)}
+        ts = int(time.time() * 1000)
+        items = []
+        for key, value in fresh.items():
+            points = (
+                len(_retry(lambda key=key: client.get_metric_history(self.run_id, key)))
+                if key in have
+                else 0
+            )
+            items.append(Metric(key, value, ts, points))
+        self._log_metric_items(items)
+        return fresh
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params (nested mappings flattened to `a.b`; values stringified as MLflow does).
 
@@ -523,6 +624,22 @@ class RunHandle:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags."""
         set_run_tags(self.run_id, tags)
+
+    def add_tag_values(self, tags: Mapping[str, Sequence[Any]]) -> dict[str, str]:
+        """Grow comma-separated set tags: each becomes the sorted union of its old and new values.
+
+        For what a stage's parent run accumulates over calls (the seeds of its child runs, the
+        backends they used): unlike a param, it may change when a later call adds a seed.
+        Returns the tags as set.
+        """
+        have = _retry(lambda: _client().get_run(self.run_id)).data.tags
+        merged: dict[str, str] = {}
+        for tag, values in tags.items():
+            old = [v for v in have.get(tag, "").split(",") if v]
+            union = set(old) | {str(v) for v in values}
+            merged[tag] = ",".join(sorted(union, key=_natural))
+        self.set_tags(merged)
+        return merged
 
     def log_learning_curve(self, returns: Sequence[float], *, title: str) -> None:
         """Log one `episode_return` point per episode (step = episode index) and a PNG plot.
@@ -591,6 +708,20 @@ class RunHandle:
 
 # --------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _natural(value: str) -> tuple[int, int | str]:
+    """Order numbers as numbers ("2" before "10"), then everything else by name."""
+    try:
+        return (0, int(value))
+    except ValueError:
+        return (1, value)
+
+
+def _same(old: float, new: float) -> bool:
+    """Equal metric values, NaN equal to NaN (a summary that stays NaN is not re-logged)."""
+    old, new = float(old), float(new)
+    return old == new or (math.isnan(old) and math.isnan(new))
 
 
 def _chunks(items: list[_T], size: int) -> Iterator[list[_T]]:

@@ -7,7 +7,9 @@ prefix, a small JSON header, then raw array buffers. Nothing is ever pickled.
 
 Semantics are Gymnasium's whatever the library speaks: gym 0.21 (`done` + `TimeLimit.truncated`)
 and gym 0.26 are adapted to terminated/truncated; episodes auto-reset in the same step, the last
-observation travelling as `final_obs`.
+observation travelling as `final_obs`. A step may `hold` some envs: they are not stepped and
+answer their first observation again with reward 0, which is how the host offers Gymnasium's
+next-step autoreset (the step after an episode end ignores that env's action).
 """
 
 import importlib
@@ -367,6 +369,7 @@ class HostedEnv(object):
             raise ValueError("%s: Dict/Tuple action spaces are not supported" % self.id)
         self.action_kind = _kind(self.env.action_space)
         self.obs_dtype = None
+        self.first_obs = None
         self.steps = 0
         self.ep_return = 0.0
 
@@ -421,7 +424,9 @@ class HostedEnv(object):
         else:
             out = self.env.reset(seed=None if seed is None else int(seed))
             raw, info = out
-        return self._obs(raw), info
+        obs = self._obs(raw)
+        self.first_obs = obs  # what a held step answers (see `EnvGroup.cmd_step`)
+        return obs, info
 
     def _action(self, action):
         space = self.env.action_space
@@ -535,9 +540,17 @@ class EnvGroup(object):
             actions = np.split(actions, np.cumsum(sizes)[:-1].tolist())
         elif actions.ndim == 1 and actions.dtype.kind in "iu":
             actions = actions.tolist()  # plain ints: the cheapest thing to hand a Discrete env
+        # held envs (the host's next-step autoreset) are not stepped: their action is ignored
+        hold = set(header.get("hold") or ()) if header else ()
         rewards, terminated, truncated = [], [], []
         obs, finals, infos, final_infos, done_idx = [], [], {}, {}, []
         for i, env in enumerate(self.envs):
+            if hold and i in hold:
+                obs.append(env.first_obs)
+                rewards.append(0.0)
+                terminated.append(False)
+                truncated.append(False)
+                continue
             try:
                 o, r, term, trunc, info = env.step(actions[i])
                 rewards.append(r)

@@ -5,10 +5,15 @@ the training data (dataset root and the envs trained on) and the MLflow run of t
 The evaluation keeps only the last three, as a small pydantic record: which envs to evaluate by
 default, which libraries the model never saw (flagged in the tables), where the references
 come from, and which MLflow run the evaluation links to.
+
+A run folder names its newest *valid* checkpoint: corrupt newer ones are skipped, and said so
+(`read_checkpoint`'s `report`), so a damaged last checkpoint does not stop the evaluation. The
+evaluation then loads exactly the folder recorded in `CheckpointInfo.path`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -39,16 +44,25 @@ class CheckpointInfo(BaseModel):
         return None if self.envs is None else sorted({e.library for e in self.envs})
 
 
-def read_checkpoint(path: str | Path) -> CheckpointInfo:
+def read_checkpoint(
+    path: str | Path, *, report: Callable[[str], None] | None = None
+) -> CheckpointInfo:
     """Read a checkpoint's provenance (not its weights) from its `checkpoint.json`.
 
-    Raises:
-        ldm_model.training.checkpoint.CheckpointError: no checkpoint at `path`, or an unreadable
-            record (the message names the file).
-    """
-    from ldm_model.training.checkpoint import read_info, resolve_checkpoint
+    Args:
+        path: a step folder, or a run folder (its newest valid checkpoint: records read and
+            files checked against their hashes, newest first).
+        report: told which corrupt checkpoints were skipped, if any (default: a
+            `CheckpointFallbackWarning`).
 
-    folder = resolve_checkpoint(path)
+    Raises:
+        ldm_model.training.checkpoint.CheckpointError: no checkpoint at `path`, an unreadable
+            record (the message names the file), or a run folder whose checkpoints are all
+            corrupt.
+    """
+    from ldm_model.training.checkpoint import read_info, valid_checkpoint
+
+    folder = valid_checkpoint(path, report=report)
     info = read_info(folder)
     return CheckpointInfo(
         path=folder,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
-from rich.console import Console
 
 from ldm_envs.backends import BACKENDS
+from ldm_envs.cli_errors import BAD_INPUT_EXIT, fail
+from ldm_envs.console import make_console
 from ldm_envs.errors import LdmEnvsError
+from ldm_envs.inputs import require_positive
 from ldm_eval.suite import STAGES
 
 app = typer.Typer(
@@ -19,23 +21,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+# wide enough off a terminal (`> log`): see ldm_envs.console
+console = make_console()
+err = make_console(stderr=True)
 
 
-def _fail(exc: BaseException) -> None:
-    from pydantic import ValidationError
+def _fail(exc: BaseException | str) -> NoReturn:
+    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
-    if isinstance(exc, ValidationError):  # one line per field, without pydantic's links
-        text = "; ".join(
-            f"option {'.'.join(map(str, e['loc'])) or '(all)'}: "
-            f"{e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-    else:
-        text = str(exc)
-    err.print(f"[bold red]error:[/] {text}", highlight=False)
-    raise typer.Exit(1)
+
+def _warn(message: str) -> None:
+    """One `warning: ...` line on stderr (a skipped corrupt checkpoint, say)."""
+    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -100,6 +97,7 @@ def evaluate(
     from ldm_eval.pipeline import plan_envs
     from ldm_eval.policies import LDMPolicyFactory, PolicyFactory, RandomPolicyFactory
     from ldm_eval.protocol import EvalConfig
+    from ldm_model.devices import check_device
 
     try:
         config = EvalConfig(
@@ -111,15 +109,21 @@ def evaluate(
             batch_size=batch_size,
             retries=retries,
         )
+        # checked before the venv build and the first rollouts, where torch would refuse it
+        check_device(device, field="--device", available=checkpoint is not None)
+        require_positive("--context", context)
+        require_positive("--resamples", resamples)
         if checkpoint is None and not random_baseline:
             raise ValueError("nothing to evaluate: give a CHECKPOINT or keep --random-baseline")
         if checkpoint is not None and not checkpoint.exists():
             raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-        info = read_checkpoint(checkpoint) if checkpoint is not None else None
+        info = None
+        if checkpoint is not None:  # a run folder: its newest valid checkpoint, said so
+            info = read_checkpoint(checkpoint, report=_warn)
         envs, warnings = plan_envs(info, library, env)
         policies: dict[str, PolicyFactory] = {}
-        if checkpoint is not None:
-            policies["ldm"] = LDMPolicyFactory(checkpoint, device=device, context=context)
+        if info is not None:  # the very folder `info` describes, fallback included
+            policies["ldm"] = LDMPolicyFactory(info.path, device=device, context=context)
         if random_baseline:
             policies["random"] = RandomPolicyFactory(seed)
         outcome = run_evaluation(
@@ -156,6 +160,7 @@ def report(
     from ldm_eval.tables import compute_tables
 
     try:
+        require_positive("--resamples", resamples)
         path = Path(source)
         if path.is_dir():
             tables = compute_tables(EvalRunDir(path), n_resamples=resamples)
@@ -195,8 +200,8 @@ def suite(
     try:
         spec = load_suite(path)
         run_suite(spec, from_stage=from_stage, only=only, console=console)
-    except SuiteError as exc:
-        _fail(exc)
+    except SuiteError as exc:  # the file or an option, refused before any stage ran
+        fail(err, exc, code=BAD_INPUT_EXIT)
     except StageError as exc:
         err.print(f"[bold red]error:[/] stage [bold]{exc.stage}[/] failed", highlight=False)
         err.print(f"  command: {exc.command}", highlight=False, soft_wrap=True)
@@ -262,8 +267,11 @@ def sizes(
 
     from ldm_eval.model_sizes import SizesConfig, compare_sizes
     from ldm_eval.protocol import EvalConfig
+    from ldm_model.devices import check_device
 
     try:
+        check_device(device, field="--device", allow_auto=True)
+        check_device(eval_device, field="--eval-device")
         settings = SizesConfig(
             data_root=root,
             configs=tuple(config),

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from rich.console import Console
 
 from ldm_envs import tracking
@@ -185,6 +185,14 @@ class SizesConfig(BaseModel):
         if value is not None and len(value) == 0:
             return None
         return value
+
+    @field_validator("device", "eval_device")
+    @classmethod
+    def _device(cls, value: str, info: ValidationInfo) -> str:
+        from ldm_model.devices import validate_device
+
+        # the name only here: a mistyped device fails now, not after the first size trained
+        return validate_device(value, allow_auto=info.field_name == "device", available=False)
 
     @model_validator(mode="after")
     def _window_fits(self) -> SizesConfig:
@@ -539,7 +547,7 @@ def _log(
             }
             if series:
                 run.log_metrics(series, step=int(row["parameters"]))
-        run.log_metrics(metrics)
+        run.log_summary(metrics)  # the run is reopened by every comparison
         run.log_table(table, "model_sizes")
         run.log_table(per_env, "model_sizes_per_env")
         run.log_figure(fig, SIZES_PNG)

@@ -438,7 +438,7 @@ def log_to_mlflow(
         for stat in stats:
             if _finite(row[stat]):
                 metrics[f"{row['policy']}/{stat}{suffix}"] = float(row[stat])
-    run.log_metrics(metrics)
+    run.log_summary(metrics)  # a resumed evaluation reopens its run: no second point
     # the pooled curve as a metric series, every 5% (one MLflow call per step: 31, not 151)
     pooled = tables.threshold.filter(
         (pl.col("library") == "all") & (pl.col("threshold_pct").cast(pl.Int64) % 5 == 0)

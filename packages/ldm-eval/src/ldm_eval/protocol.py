@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 
 from ldm_envs.backends import BACKENDS, Backend
@@ -100,12 +100,18 @@ class EvalConfig(BaseModel):
     max_episode_steps: int = Field(default=100_000, gt=0)
     batch_size: int | None = Field(default=None, gt=0)
 
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        # a field validator, so the error names the field (`option backend: ...`)
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> EvalConfig:
         if self.seeds is not None and len(self.seeds) != self.rollouts:
             raise ValueError(f"{len(self.seeds)} seeds for {self.rollouts} rollouts")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; known: {', '.join(BACKENDS)}")
         return self
 
     def rollout_seeds(self) -> list[int]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import html
 import importlib.util
@@ -102,7 +103,10 @@ TAG_SUITE_COMMANDS = "ldm.suite.commands"
 
 
 class SuiteError(ValueError):
-    """A suite file that cannot be used; the message names the file and the field."""
+    """A suite file (or a stage option) that cannot be used; the message names file and field.
+
+    Raised before any stage runs: `ldm-eval suite` exits 2 on it, as on any refused input.
+    """
 
 
 class StageError(RuntimeError):
@@ -265,6 +269,14 @@ class ModelSection(BaseModel):
             )
         return value
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from ldm_model.devices import validate_device
+
+        # checked at load: a mistyped device must not wait for the train stage to fail
+        return validate_device(value, allow_auto=True)
+
     @model_validator(mode="after")
     def _context(self) -> ModelSection:
         from ldm_model.config import get_config
@@ -301,6 +313,14 @@ class EvalSection(BaseModel):
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
         return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from ldm_model.devices import validate_device
+
+        # checked at load: a `device: cdua` suite once ran 96 s of stages before failing
+        return validate_device(value)
 
 
 class Suite(BaseModel):
@@ -407,12 +427,59 @@ def _loc(loc: Sequence[int | str]) -> str:
     return ".".join(str(p) for p in loc) or "(top level)"
 
 
+@functools.cache
+def _unknown_candidates(library: str, names: tuple[str, ...]) -> str | None:
+    """Why `ldm-autorl` refuses these candidate names for `library`, or None when it knows them.
+
+    This package never imports ldm-autorl (separate branches of the dependency graph), so it
+    asks the CLI the autorl stage will run anyway: `ldm-autorl candidates LIB --candidate ...`
+    exits 2 with an `error:` line for an unknown name. A few seconds at load instead of a
+    ranking stage that fails after the probe stage. Without ldm-autorl installed nothing is
+    checked here: the autorl stage itself says what to install.
+    """
+    if importlib.util.find_spec("ldm_autorl") is None:
+        return None
+    args = [sys.executable, "-m", "ldm_autorl.cli", "candidates", library]
+    args += [a for name in names for a in ("--candidate", name)]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"could not ask `ldm-autorl candidates` about them: {exc}"
+    if proc.returncode == 0:
+        return None
+    for line in proc.stderr.splitlines():
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip().removeprefix("--candidate: ")
+    tail = " ".join(proc.stderr.strip().splitlines()[-3:])
+    return f"`ldm-autorl candidates {library}` failed (exit {proc.returncode}): {tail}"
+
+
+def _candidate_problems(suite: Suite) -> list[str]:
+    """`field libraries.i.candidates: <why>` for each library naming a candidate autorl lacks.
+
+    Candidate names are global, so one call checks every library's at once (one process
+    start, a few seconds); only when it fails is each library asked, to name the field.
+    """
+    named = [(i, lib) for i, lib in enumerate(suite.libraries) if lib.candidates]
+    if not named:
+        return []
+    every = tuple(dict.fromkeys(c for _, lib in named for c in lib.candidates or []))
+    if _unknown_candidates(named[0][1].name, every) is None:
+        return []
+    return [
+        f"field libraries.{i}.candidates: {why}"
+        for i, lib in named
+        if (why := _unknown_candidates(lib.name, tuple(lib.candidates or [])))
+    ]
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file; relative `data_root`/`out` are taken from its folder.
 
     Raises:
-        SuiteError: a missing or unreadable file, invalid YAML, or invalid fields; every
-            problem is listed as `<file>: field <a.0.b>: <message>`.
+        SuiteError: a missing or unreadable file, invalid YAML, or invalid fields (a device
+            name, a candidate `ldm-autorl` does not know included); every problem is listed
+            as `<file>: field <a.0.b>: <message>`.
     """
     path = Path(path)
     try:
@@ -433,6 +500,9 @@ def load_suite(path: str | Path) -> Suite:
             for err in exc.errors()
         ]
         raise SuiteError("\n".join(lines)) from None
+    problems = _candidate_problems(suite)
+    if problems:
+        raise SuiteError("\n".join(f"{path}: {p}" for p in problems))
     base = path.resolve().parent
     update: dict[str, Any] = {"source": path.resolve()}
     for key in ("data_root", "out"):
@@ -887,7 +957,8 @@ def _log_datasets(ctx: _Context, root: Path) -> None:
             params={"root": str(root)},
             reuse_finished=True,
         ) as run:
-            run.log_metrics({k: float(v) for k, v in row.items() if k != "library"})
+            # once: a rerun of the suite reopens this run (log_summary skips what it holds)
+            run.log_summary({k: float(v) for k, v in row.items() if k != "library"})
             run.log_table(summary.filter(summary["library"] == library), "dataset_summary")
         if row["runs_kept"] == 0:
             ctx.console.print(
@@ -913,7 +984,7 @@ def _train_config(suite: Suite) -> Any:
         libraries=[lib.name for lib in suite.libraries],
         env_ids=env_ids,
         weighting=m.weighting,
-        batch_size=m.batch_size or 0,
+        batch_size=m.batch_size,
         context=m.context,
         steps=m.steps,
         lr=m.lr,

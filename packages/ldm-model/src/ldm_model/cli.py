@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from ldm_envs.cli_errors import fail
+from ldm_envs.console import make_console
 
 app = typer.Typer(
     help="The Large Decision Model: train it on the dataset (one process or torchrun DDP), "
@@ -25,13 +27,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-console = Console()
-err = Console(stderr=True)
+# wide enough off a terminal (`> log`): see ldm_envs.console
+console = make_console()
+err = make_console(stderr=True)
 
 
-def _fail(exc: BaseException | str) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False)
-    raise typer.Exit(1)
+def _fail(exc: BaseException | str) -> NoReturn:
+    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
 
 def _model_arg(value: str) -> Any:
@@ -116,18 +118,23 @@ def train(
     """Train (or resume) the LDM on the dataset; run it under torchrun for DDP."""
     from pydantic import ValidationError
 
+    from ldm_envs.inputs import require_positive
+    from ldm_model.data import ShardUnavailableError
+    from ldm_model.devices import check_device
     from ldm_model.training import TrainConfig, TrainingError
     from ldm_model.training import train as run_training
     from ldm_model.training.checkpoint import CheckpointError
 
     try:
+        check_device(device, field="--device", allow_auto=True)  # not at the first batch
+        require_positive("--stop-after", stop_after)
         config = TrainConfig(
             model=_model_arg(model),
             data_root=root,
             libraries=library or None,
             env_ids=env_id or None,
             weighting=weighting,
-            batch_size=batch_size or 0,
+            batch_size=batch_size,
             context=context,
             steps=steps,
             lr=lr,
@@ -156,6 +163,9 @@ def train(
             console=err,
             allow_data_change=allow_data_change,
         )
+    except ShardUnavailableError as exc:  # a corrupt (now quarantined) or missing shard
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     except (TrainingError, CheckpointError, ValueError) as exc:
         _fail(exc)
 

@@ -12,8 +12,10 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 
@@ -33,12 +35,22 @@ from ldm_envs.protocol import WorkerClient, WorkerProcess
 READY_MARKER = ".ldm-ready.json"
 
 
-class SubprocessWorker(WorkerProcess):
-    """A worker subprocess whose output goes to a log file we can quote on failure."""
+#: How much of the end of a worker's output `log_tail` reads.
+_LOG_TAIL_BYTES = 64 * 1024
 
-    def __init__(self, proc: subprocess.Popen[bytes], log_path: Path, library: str) -> None:
+
+class SubprocessWorker(WorkerProcess):
+    """A worker subprocess whose output goes to a log we can quote on failure.
+
+    The log is an anonymous temporary file (`tempfile.TemporaryFile`: unlinked at once, or
+    never named where the OS allows): nothing is left in the temp dir however the host ends,
+    killed at a deadline included. Named logs used to stay behind as empty `/tmp/ldm-*.log`
+    files, one per worker of a process that never closed its pool.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: BinaryIO, library: str) -> None:
         self.proc = proc
-        self.log_path = log_path
+        self.log = log
         self.description = f"{library} venv worker (pid {proc.pid})"
 
     def poll(self) -> str | None:
@@ -54,12 +66,16 @@ class SubprocessWorker(WorkerProcess):
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        self.log_path.unlink(missing_ok=True)
+        self.log.close()
 
     def log_tail(self, lines: int = 30) -> str:
+        # pread: the worker writes through the same open file, so its offset is left alone
         try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
+            fd = self.log.fileno()
+            size = os.fstat(fd).st_size
+            start = max(0, size - _LOG_TAIL_BYTES)
+            text = os.pread(fd, size - start, start).decode(errors="replace")
+        except (OSError, ValueError):  # closed after kill()
             return ""
         return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -206,17 +222,20 @@ class VenvBackend(Backend):
         worker_file = Path(worker_module.__file__)
 
         def start(sock_dir: Path) -> WorkerProcess:
-            log_path = sock_dir.parent / f"{sock_dir.name}.log"
-            log_fh = log_path.open("wb")
-            proc = subprocess.Popen(
-                [str(python), str(worker_file), "--connect", str(sock_dir / SOCKET_NAME)],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=subprocess.STDOUT,
-                env=worker_env(spec),
-                start_new_session=True,
-            )
-            log_fh.close()
-            return SubprocessWorker(proc, log_path, spec.name)
+            # closed by SubprocessWorker.kill: it lives as long as the worker
+            log = tempfile.TemporaryFile(prefix="ldm-worker-", suffix=".log")  # noqa: SIM115
+            try:
+                proc = subprocess.Popen(
+                    [str(python), str(worker_file), "--connect", str(sock_dir / SOCKET_NAME)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=worker_env(spec),
+                    start_new_session=True,
+                )
+            except BaseException:
+                log.close()
+                raise
+            return SubprocessWorker(proc, log, spec.name)
 
         return spawn_socket_worker(spec.name, start, self.start_timeout)

@@ -1,6 +1,8 @@
 """Trajectory shards and the Polars index (the dataset format lives in ldm-envs).
 
-See `ldm_envs.dataset.shards` for the file layout and `ldm_envs.dataset.index` for the tables.
+See `ldm_envs.dataset.shards` for the file layout (and the CRC check of every read),
+`ldm_envs.dataset.index` for the tables and their check against the files, and
+`ldm_envs.dataset.quarantine` for where corrupt shards go.
 """
 
 from ldm_envs.dataset.errors import (
@@ -15,16 +17,28 @@ from ldm_envs.dataset.index import (
     EPISODES_SCHEMA,
     INDEX_DIR,
     RUNS_SCHEMA,
+    IndexCheck,
+    MissingShard,
     build_index,
+    check_index,
     clean_temporaries,
+    find_orphans,
     find_shards,
     obs_kind,
     read_index,
     write_index,
 )
+from ldm_envs.dataset.quarantine import (
+    QUARANTINE_DIR,
+    QuarantineRecord,
+    quarantine_reason,
+    quarantine_shard,
+    quarantined,
+)
 from ldm_envs.dataset.shards import (
     COLUMNS,
     FORMAT_VERSION,
+    RESTARTED,
     ShardMeta,
     ShardReader,
     ShardWriter,
@@ -41,22 +55,32 @@ __all__ = [
     "EPISODES_SCHEMA",
     "FORMAT_VERSION",
     "INDEX_DIR",
+    "QUARANTINE_DIR",
+    "RESTARTED",
     "RUNS_SCHEMA",
     "CorruptDecisionError",
     "CorruptFileError",
     "CorruptIndexError",
     "CorruptShardError",
     "DatasetError",
+    "IndexCheck",
+    "MissingShard",
+    "QuarantineRecord",
     "ShardInputError",
     "ShardMeta",
     "ShardReader",
     "ShardWriter",
     "build_index",
+    "check_index",
     "clean_temporaries",
     "decision_path",
+    "find_orphans",
     "find_shards",
     "new_meta",
     "obs_kind",
+    "quarantine_reason",
+    "quarantine_shard",
+    "quarantined",
     "read_decision",
     "read_index",
     "space_layout",

@@ -1,5 +1,6 @@
 """Training data: windows of consecutive transitions sampled from the dataset's shards."""
 
+from ldm_model.data.integrity import ShardUnavailableError
 from ldm_model.data.loader import StepBatches, StepLoader, make_loader
 from ldm_model.data.windows import (
     ENVS_SCHEMA,
@@ -15,6 +16,7 @@ __all__ = [
     "WEIGHTINGS",
     "Draw",
     "PackedBatch",
+    "ShardUnavailableError",
     "StepBatches",
     "StepLoader",
     "Weighting",

@@ -24,6 +24,12 @@ cores, memory bounded by the batch):
   trainer's process pads them (see `ldm_model.data.loader`).
 - Open shards live in an LRU (`max_open_shards`); the views of a record batch are made on
   first use. Nothing is read whole: memory is the batch plus page cache the kernel may drop.
+- What is read is checked: `ShardReader` recomputes a record batch's CRC-32s the first time
+  it hands the batch out, and the sampler remembers what was checked across reopenings of a
+  shard, so each batch is checked once per process (DataLoader workers check their own reads).
+  A corrupt shard
+  is quarantined and sampling stops naming it (`ldm_model.data.integrity`); measured cost in
+  the README (`tools/bench_shard_checks.py`).
 - Everything random is drawn up front from `np.random.default_rng([seed, step])` for the whole
   global batch, so a batch is a pure function of `(seed, step)`: DDP ranks build their own share
   of the same global batch, DataLoader workers need no seeding, and a resumed run sees the
@@ -46,10 +52,11 @@ import numpy as np
 import polars as pl
 import torch
 
-from ldm_envs.dataset import ShardReader, read_index
+from ldm_envs.dataset import CorruptShardError, ShardReader, read_index
 from ldm_envs.paths import dataset_root
 from ldm_envs.spaces import space_from_dict
 from ldm_model.batch import Batch, ImageGroup
+from ldm_model.data.integrity import corrupt_shard, missing_shard, stale_shard
 from ldm_model.tokenizer import ACT_DIMS, IMAGE_SIZE, OBS_DIMS, SpaceCodec, TokenizationError
 
 Weighting = Literal["transitions", "env", "library"]
@@ -297,9 +304,14 @@ class WindowSampler:
         env_ids: only these env ids (None: all).
         seed: the batch at step `s` is a function of `(seed, s)` alone.
         max_open_shards: memory maps kept open (least recently used are closed).
+        check_shards: check each record batch's CRC-32s on its first read (off only to
+            measure what the check costs).
 
     Raises:
         FileNotFoundError: no index under `root`.
+        ShardUnavailableError: a selected shard is gone (named, with why when it was
+            quarantined); later, from `sample`/`pack`/`build`, a shard found corrupt (then
+            quarantined) or gone.
         ValueError: nothing to sample (naming root and filters), an unknown library or env id,
             an unknown weighting, or a context below 1.
     """
@@ -314,6 +326,7 @@ class WindowSampler:
         env_ids: Sequence[str] | None = None,
         seed: int = 0,
         max_open_shards: int = 256,
+        check_shards: bool = True,
     ) -> None:
         if context < 1:
             raise ValueError(f"context must be at least 1, got {context}")
@@ -329,10 +342,16 @@ class WindowSampler:
         self.seed = int(seed)
         self.max_open_shards = int(max_open_shards)
         self.skipped: list[tuple[str, str]] = []
+        self.check_shards = bool(check_shards)
+        #: (record batch, column) pairs checked, per file identity: survives LRU reopenings
+        self._checks: dict[tuple[int, int, int, int], set[tuple[int, str]]] = {}
         self._open: OrderedDict[int, _OpenShard] = OrderedDict()
         runs, _ = read_index(self.root)
         runs = self._select(runs, libraries, env_ids)
         self._setup(runs)
+        for path in self._paths:  # a stat each: a deleted shard fails now, not at some step
+            if not (self.root / path).exists():
+                raise missing_shard(self.root, path)
 
     # -- selection --------------------------------------------------------------------------
 
@@ -562,15 +581,16 @@ class WindowSampler:
             self._open.move_to_end(run)
             return shard
         path = self.root / self._paths[run]
-        reader = ShardReader(path)
+        try:
+            reader = ShardReader(path, check=self.check_shards, checks=self._checks)
+        except FileNotFoundError:
+            raise missing_shard(self.root, self._paths[run]) from None
+        except CorruptShardError as exc:
+            raise corrupt_shard(self.root, self._paths[run], exc) from exc
         if reader.num_rows != self._rows[run] or not reader.has_ref_action:
             found = f"{reader.num_rows} rows" + ("" if reader.has_ref_action else ", no ref_action")
             reader.close()
-            raise RuntimeError(
-                f"shard {path} has {found} but the index of {self.root} says {self._rows[run]} "
-                "rows with reference actions: the index is stale, rebuild it with "
-                "ldm_envs.dataset.write_index"
-            )
+            raise stale_shard(self.root, self._paths[run], found, int(self._rows[run]))
         shard = _OpenShard(reader)
         self._open[run] = shard
         while len(self._open) > self.max_open_shards:
@@ -632,19 +652,26 @@ class WindowSampler:
             for w in np.flatnonzero(full).tolist():
                 image_dst[w] = image[w]
         for i in range(b):
-            self._fill(
-                i,
-                self._shard(int(runs[i])),
-                self._layouts[codecs[i]],
-                int(starts[i]),
-                int(lengths[i]),
-                obs,
-                prev_action,
-                target,
-                prev_reward,
-                prev_done,
-                image_dst[i],
-            )
+            try:
+                self._fill(
+                    i,
+                    self._shard(int(runs[i])),
+                    self._layouts[codecs[i]],
+                    int(starts[i]),
+                    int(lengths[i]),
+                    obs,
+                    prev_action,
+                    target,
+                    prev_reward,
+                    prev_done,
+                    image_dst[i],
+                )
+            except CorruptShardError as exc:  # a record batch failed its CRC on first read
+                run = int(runs[i])
+                shard = self._open.pop(run, None)
+                if shard is not None:
+                    shard.close()
+                raise corrupt_shard(self.root, self._paths[run], exc) from exc
         return PackedBatch(
             obs=obs,
             prev_action=prev_action,
@@ -741,6 +768,7 @@ class WindowSampler:
         # DataLoader workers get a copy: open memory maps stay behind, they reopen lazily
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()
+        state["_checks"] = {}  # a worker checks what it reads itself (once per process)
         return state
 
     def __repr__(self) -> str:

@@ -9,6 +9,7 @@ from ldm_model.training.checkpoint import (
     Checkpoint,
     CheckpointConfigError,
     CheckpointError,
+    CheckpointFallbackWarning,
     CheckpointInfo,
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -18,6 +19,7 @@ from ldm_model.training.checkpoint import (
     load_model,
     read_info,
     save_checkpoint,
+    valid_checkpoint,
 )
 from ldm_model.training.config import TrainConfig
 from ldm_model.training.distributed import DistContext, init_distributed
@@ -35,6 +37,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointConfigError",
     "CheckpointError",
+    "CheckpointFallbackWarning",
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
@@ -56,4 +59,5 @@ __all__ = [
     "read_metrics",
     "save_checkpoint",
     "train",
+    "valid_checkpoint",
 ]

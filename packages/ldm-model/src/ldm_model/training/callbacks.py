@@ -23,6 +23,8 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from ldm_envs.plugins import load_entry_point
+
 if TYPE_CHECKING:
     from ldm_envs.tracking import RunHandle
     from ldm_model.model import LDM
@@ -114,8 +116,8 @@ def discover_callbacks(
     broken: dict[str, str] = {}
     for ep in eps if eps is not None else entry_points(group=ENTRY_POINT_GROUP):
         try:
-            callback = ep.load()(config)
-        except Exception as exc:
+            callback = load_entry_point(ep)(config)  # a hung or exiting import is contained
+        except (Exception, SystemExit) as exc:
             broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
             logger.warning("skipping training-callback plugin %r: %s", ep.name, broken[ep.name])
             continue

@@ -16,6 +16,11 @@ Why it is built this way:
   saving leaves the previous checkpoint as the latest, never a half-written one;
 - `checkpoint.json` records the sha256 of every file, so a truncated or altered file is named
   when the checkpoint is opened, not discovered as garbage weights later;
+- a run folder given where a checkpoint is expected means its newest *valid* checkpoint:
+  newer ones that are corrupt (a disk error, a copy cut short) are skipped with a warning
+  naming them (`CheckpointFallbackWarning`, or the caller's `report`), so evaluation and
+  resume go on from the previous checkpoint instead of stopping; a step folder named
+  explicitly is opened as it is, or refused;
 - the dataset is recorded by the hash of its index and of the runs the sampler draws from:
   sampling is a function of `(seed, step)` over those runs, so equal hashes mean a resumed run
   sees the batches the interrupted one would have seen.
@@ -29,6 +34,8 @@ import os
 import shutil
 import time
 import uuid
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -81,6 +88,14 @@ class CorruptCheckpointError(CheckpointError):
 
 class CheckpointConfigError(CheckpointError):
     """The checkpoint was made under another model or training config."""
+
+
+class CheckpointFallbackWarning(UserWarning):
+    """A run folder's newest checkpoint is corrupt: an older valid one is used instead."""
+
+
+#: Receives the one-line notice of a fallback (default: `warnings.warn` it).
+Report = Callable[[str], None]
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +269,80 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _run_checkpoints(path: Path | str) -> list[Path]:
+    """The step folders, newest first, when `path` is a run folder or its `checkpoints/`.
+
+    Empty for anything else (a step folder, a file, a missing path): no fallback there.
+    """
+    path = Path(path).expanduser()
+    if not path.is_dir() or (path / INFO_FILE).is_file():
+        return []
+    run = path.parent if path.name == CHECKPOINTS_DIR else path
+    return list_checkpoints(run)[::-1]
+
+
+def _open_valid(
+    path: Path | str, *, verify: bool, report: Report | None
+) -> tuple[Path, CheckpointInfo, bool]:
+    """The checkpoint `path` names, its record, and whether its files' hashes were checked.
+
+    For a run folder: the newest checkpoint whose record reads and (with `verify`) whose files
+    match their hashes; the corrupt newer ones are reported in one line.
+
+    Raises:
+        CheckpointNotFoundError: no checkpoint there.
+        CorruptCheckpointError: the named step folder is corrupt, or every checkpoint of the
+            run folder is (the newest one's file and reason, and how many more).
+    """
+    found = _run_checkpoints(path)
+    if not found:
+        folder = resolve_checkpoint(path)
+        return folder, read_info(folder), False
+    skipped: list[CorruptCheckpointError] = []
+    for folder in found:
+        try:
+            info = read_info(folder)
+            if verify:
+                verify_files(folder, info)
+        except CorruptCheckpointError as exc:
+            skipped.append(exc)
+            continue
+        if skipped:
+            bad = "; ".join(str(exc) for exc in skipped)
+            (report or _warn_fallback)(
+                f"skipped {len(skipped)} corrupt checkpoint(s) of {folder.parent.parent} ({bad}); "
+                f"using {folder.name} (step {info.step}), the newest valid one"
+            )
+        return folder, info, verify
+    newest = skipped[0]
+    more = (
+        f"; the {len(skipped) - 1} older checkpoint(s) are corrupt too" if len(skipped) > 1 else ""
+    )
+    raise CorruptCheckpointError(newest.path, f"{newest.reason}{more}")
+
+
+def _warn_fallback(message: str) -> None:
+    warnings.warn(message, CheckpointFallbackWarning, stacklevel=4)
+
+
+def valid_checkpoint(
+    path: Path | str, *, verify: bool = True, report: Report | None = None
+) -> Path:
+    """The step folder `path` names; for a run folder, its newest valid checkpoint.
+
+    `resolve_checkpoint` takes a run folder's newest checkpoint whatever its state; this one
+    reads each record and (with `verify`) checks each file's sha256, newest first, and skips
+    the corrupt ones, saying so through `report` (default: a `CheckpointFallbackWarning`).
+    A step folder named explicitly is returned as it is: what is wrong with it is raised when
+    it is opened.
+
+    Raises:
+        CheckpointNotFoundError: no checkpoint there.
+        CorruptCheckpointError: every checkpoint of the run folder is corrupt.
+    """
+    return _open_valid(path, verify=verify, report=report)[0]
+
+
 def resolve_checkpoint(path: Path | str) -> Path:
     """A step folder from a step folder, a run folder (its latest) or its `checkpoints/`.
 
@@ -357,24 +446,28 @@ def load_checkpoint(
     expected_config: ModelConfig | None = None,
     *,
     verify: bool = True,
+    report: Report | None = None,
 ) -> Checkpoint:
-    """Open a checkpoint: a step folder, or a run folder (its latest checkpoint).
+    """Open a checkpoint: a step folder, or a run folder (its newest valid checkpoint).
 
     Args:
         path: step folder, run folder, or a run's `checkpoints/` folder.
         expected_config: refuse the checkpoint unless it was made for this model config.
-        verify: check every file's sha256 (seconds for the largest configs).
+        verify: check every file's sha256 (seconds for the largest configs); for a run folder
+            it also decides which checkpoint is the newest valid one.
+        report: told when a run folder's newest checkpoints are corrupt and an older one is
+            opened (default: a `CheckpointFallbackWarning`).
 
     Raises:
         CheckpointNotFoundError: no checkpoint there.
-        CorruptCheckpointError: a file is missing, altered or unreadable (named).
+        CorruptCheckpointError: a file is missing, altered or unreadable (named); for a run
+            folder, when all its checkpoints are.
         CheckpointConfigError: another model config (both named, with the differences).
     """
-    folder = resolve_checkpoint(path)
-    info = read_info(folder)
+    folder, info, verified = _open_valid(path, verify=verify, report=report)
     if expected_config is not None:
         check_model_config(folder, info.model, expected_config)
-    if verify:
+    if verify and not verified:
         verify_files(folder, info)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -387,11 +480,16 @@ def load_checkpoint(
     return Checkpoint(path=folder, info=info, model_state=state)
 
 
-def load_model(path: Path | str, *, device: torch.device | str = "cpu") -> tuple[LDM, Checkpoint]:
-    """An `LDM` with a checkpoint's weights, in eval mode, on `device`."""
+def load_model(
+    path: Path | str, *, device: torch.device | str = "cpu", report: Report | None = None
+) -> tuple[LDM, Checkpoint]:
+    """An `LDM` with a checkpoint's weights, in eval mode, on `device`.
+
+    A run folder gives its newest valid checkpoint (see `load_checkpoint`).
+    """
     from ldm_model.model import LDM
 
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, report=report)
     model = LDM(ckpt.info.model)
     ckpt.load_into(model)
     return model.to(device).eval(), ckpt
@@ -551,6 +649,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointConfigError",
     "CheckpointError",
+    "CheckpointFallbackWarning",
     "CheckpointInfo",
     "CheckpointNotFoundError",
     "CorruptCheckpointError",
@@ -567,5 +666,6 @@ __all__ = [
     "resolve_checkpoint",
     "save_checkpoint",
     "sha256_file",
+    "valid_checkpoint",
     "verify_files",
 ]

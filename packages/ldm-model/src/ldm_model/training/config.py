@@ -65,8 +65,9 @@ class TrainConfig(BaseModel):
     libraries: tuple[str, ...] | None = None
     env_ids: tuple[str, ...] | None = None
     weighting: Weighting = "env"
-    #: Global batch in windows (all DDP ranks together); None: see `DEFAULT_BATCH_SIZE`.
-    batch_size: int = Field(default=0, ge=0)
+    #: Global batch in windows (all DDP ranks together); None: see `DEFAULT_BATCH_SIZE` (the
+    #: resolved value is what the config holds after validation). 0 is refused, not a default.
+    batch_size: int | None = Field(default=None, gt=0)
     #: Window length in transitions (None: the model's context).
     context: int | None = Field(default=None, gt=0)
     steps: int = Field(default=2000, gt=0)
@@ -121,14 +122,15 @@ class TrainConfig(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value != "auto" and value.split(":")[0] not in ("cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
-        return value
+        from ldm_model.devices import validate_device
+
+        # the name only: a checkpoint's config may be read where that device is missing
+        return validate_device(value, allow_auto=True, available=False)
 
     @model_validator(mode="after")
     def _defaults(self) -> TrainConfig:
         model = self.resolved_model()
-        if self.batch_size == 0:
+        if self.batch_size is None:
             object.__setattr__(
                 self, "batch_size", DEFAULT_BATCH_SIZE.get(model.name, PAPER_BATCH_SIZE)
             )

@@ -52,6 +52,7 @@ from ldm_model.training.checkpoint import (
     CHECKPOINTS_DIR,
     CheckpointConfigError,
     CheckpointError,
+    CheckpointFallbackWarning,
     DatasetInfo,
     check_model_config,
     dataset_info,
@@ -62,6 +63,7 @@ from ldm_model.training.checkpoint import (
     read_info,
     save_checkpoint,
     step_dir_name,
+    valid_checkpoint,
 )
 from ldm_model.training.config import EXECUTION_FIELDS, TrainConfig
 from ldm_model.training.distributed import DistContext, init_distributed, shutdown_distributed
@@ -441,12 +443,17 @@ class Trainer:
     # -- resume -------------------------------------------------------------------------------
 
     def _check_resumable(self, allow_data_change: bool) -> None:
-        """Refuse, before building anything, a run folder this command cannot continue."""
-        self.resumed_from: Path | None = latest_checkpoint(self.out)
-        latest = self.resumed_from
-        if latest is None:
+        """Refuse, before building anything, a run folder this command cannot continue.
+
+        Resumes from the newest *valid* checkpoint: newer ones that are corrupt (checked by
+        their recorded hashes) are skipped, and the console (else a warning) says which.
+        """
+        self.resumed_from: Path | None = None
+        if latest_checkpoint(self.out) is None:
             return
         try:
+            latest = valid_checkpoint(self.out, report=self._fallback_notice)
+            self.resumed_from = latest
             info = read_info(latest)
             check_model_config(latest, info.model, self.model_config)
         except CheckpointConfigError as exc:
@@ -456,8 +463,8 @@ class Trainer:
             ) from exc
         except CheckpointError as exc:
             raise ResumeError(
-                f"cannot resume the run in {self.out}: {exc}. Delete {latest} to resume "
-                "from the previous checkpoint, or train into another --out"
+                f"cannot resume the run in {self.out}: {exc}; no checkpoint of it is valid. "
+                f"Delete {self.out / CHECKPOINTS_DIR} to start over, or train into another --out"
             ) from exc
         diffs = info.train.resume_differences(self.config)
         if diffs:
@@ -481,7 +488,8 @@ class Trainer:
         latest = self.resumed_from
         if latest is not None:
             try:
-                ckpt = load_checkpoint(latest, expected_config=self.model_config)
+                # its files' hashes were checked when `_check_resumable` chose it
+                ckpt = load_checkpoint(latest, expected_config=self.model_config, verify=False)
                 ckpt.load_into(self.ldm)
                 names = optimizer_param_names(self.ldm, self.optimizer)
                 self.optimizer.load_state_dict(ckpt.optimizer_state(names))
@@ -757,6 +765,15 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.ctx.is_main and self.console is not None:
             self.console.print(text)
+
+    def _fallback_notice(self, message: str) -> None:
+        """Say (rank 0 only) that the resume skips corrupt checkpoints, and which."""
+        if not self.ctx.is_main:
+            return
+        if self.console is not None:
+            self.console.print(f"[yellow]warning:[/] resuming: {message}", highlight=False)
+        else:
+            warnings.warn(f"resuming: {message}", CheckpointFallbackWarning, stacklevel=2)
 
 
 class _Accumulator:

@@ -1,0 +1,53 @@
+"""`ldm-eval evaluate | sizes | report` refuse bad options before any build, rollout or MLflow
+run: exit 2 and one `error:` line naming the option (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from ldm_envs import tracking
+from ldm_eval import model_sizes, pipeline
+from ldm_eval.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch, tmp_path):
+    """Fail the test if an evaluation, a size comparison or an MLflow run starts."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started for input that should have been refused")
+
+    monkeypatch.setattr(tracking, "tracked_run", refuse)
+    monkeypatch.setattr(pipeline, "evaluate", refuse)
+    monkeypatch.setattr(model_sizes, "compare_sizes", refuse)
+    return tmp_path
+
+
+EVALUATE = ["evaluate", "--library", "toy", "--backend", "inprocess", "--no-track"]
+BAD = [
+    ([*EVALUATE, "--device", "cdua"], "--device: unknown device 'cdua'; give cpu, cuda or cuda:N"),
+    ([*EVALUATE, "--batch-size", "0"], "option batch_size: Input should be greater than 0"),
+    ([*EVALUATE, "--workers", "0"], "option num_workers: Input should be greater than 0"),
+    ([*EVALUATE, "--episodes", "0"], "option episodes: Input should be greater than 0"),
+    ([*EVALUATE, "--resamples", "0"], "--resamples: must be a positive number, got 0"),
+    (["evaluate", "--backend", "vnev"], "option backend: unknown backend 'vnev'"),
+    (["sizes", "--root", ".", "-c", "tiny", "--device", "cdua"], "--device: unknown device"),
+    (["sizes", "--root", ".", "-c", "tiny", "--eval-device", "auto"], "--eval-device: unknown"),
+    (["sizes", "--root", ".", "-c", "tiny", "--batch-size", "0"], "option batch_size: Input"),
+    (["report", "somewhere", "--resamples", "0"], "--resamples: must be a positive number"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD])
+def test_bad_options_exit_2_with_one_line_naming_the_option(nothing_starts, args, message):
+    out = nothing_starts / "out"
+    extra = ["--out", str(out)] if args[0] in ("evaluate", "sizes") else []
+    result = runner.invoke(app, [*args, *extra])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
