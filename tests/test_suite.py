@@ -281,6 +281,14 @@ def test_a_miniature_suite_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     for stage in STAGES:
         assert f"<td class='l'>{stage}</td><td class='l'>finished</td>" in report
     assert "Summary" in report  # the evaluation report follows the pipeline section
+    # the paper's figures beside ours come first, then the envs left out of the denominator
+    assert report.index("Headline: the paper beside this run") < report.index("Pipeline: suite")
+    assert "LDM-v0 (paper)" in report and "53.0%" in report
+    for row in references.iter_rows(named=True):
+        if row["reference_status"] != "ok":
+            assert f"toy/{row['env_id']}: {row['reference_status']}" in report
+    if (references["reference_status"] == "ok").all():
+        assert "Every env of the suite kept a reference run" in report
     # the evaluations during training (Fig. 3): their curve and cost beside the report
     assert "eval during training:" in report
     curve = (data_home() / "suites" / name / "training_curve.csv").read_text().splitlines()

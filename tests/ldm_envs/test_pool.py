@@ -72,6 +72,43 @@ def test_mixed_spaces_and_several_workers(toy):
             pool.step([1, np.array([5.0], np.float32), 0])
 
 
+def test_one_worker_with_one_observation_space_and_two_action_spaces(toy, backend):
+    """MountainCar and MountainCarContinuous share Box(2) observations, not their actions.
+
+    The worker stacks such observations; the pool must still hand them out per env (the LDM's
+    in-training evaluation once got `None` observations from exactly this pair of envs).
+    """
+    import gymnasium as gym
+
+    from ldm_envs.spaces import from_gymnasium
+
+    envs = []
+    for env_id in ("MountainCar-v0", "MountainCarContinuous-v0"):
+        made = gym.make(env_id)
+        envs.append(
+            toy.env("CartPole-v1").model_copy(
+                update={
+                    "id": env_id,
+                    "gym_id": None,
+                    "max_episode_steps": 200,
+                    "observation_space": from_gymnasium(made.observation_space),
+                    "action_space": from_gymnasium(made.action_space),
+                }
+            )
+        )
+        made.close()
+    spec = toy.model_copy(update={"envs": envs})
+    ids = ["MountainCar-v0", "MountainCarContinuous-v0"]
+    with EnvPool(spec, ids, num_workers=1, backend=backend) as pool:
+        assert not pool.homogeneous and len(pool.workers) == 1
+        obs, _ = pool.reset(seed=0)
+        for _ in range(3):
+            r = pool.step([1, np.array([0.5], np.float32)])
+            assert all(isinstance(o, np.ndarray) and o.shape == (2,) for o in r.obs), r.obs
+            assert not np.array_equal(r.obs[0], obs[0])  # the car moved
+            obs = r.obs
+
+
 def test_out_of_space_actions_are_refused_with_the_env_id(toy):
     with EnvPool(toy, "CartPole-v1", num_envs=2) as pool:
         pool.reset()

@@ -323,6 +323,12 @@ def test_failed_and_untrained_envs_are_reported_not_scored(tmp_path, dataset, ch
     html = outcome.report.read_text()
     assert "not trained on library &#x27;toy&#x27;" in html
     assert "1 failed (not scored" in html
+    # the headline: the paper beside this run, the denominator and who is left out of it
+    headline = html[html.index("Headline: the paper") : html.index("<h2>Run</h2>")]
+    assert "LDM-v0 (paper)" in headline and "53.0%" in headline and "33.0%" in headline
+    assert "1 / 3" in headline  # scored / planned
+    assert "toy/Unmakeable-v0: failed" in headline
+    assert "/CartPole-v1: reference not in index" in headline
 
 
 def test_score_policies_in_memory(dataset):

@@ -533,7 +533,9 @@ class EnvPool:
             status = arrays[k]  # rows: reward, terminated, truncated
             if single:
                 rewards, terminated, truncated = status[0], status[1] > 0, status[2] > 0
-                stacked_obs = arrays[0] if k == 1 else None
+                # the worker stacks observations whenever its envs share an observation space,
+                # but only a homogeneous pool (same action spaces too) returns them stacked
+                stacked_obs = arrays[0] if k == 1 and self.homogeneous else None
                 if stacked_obs is None:
                     self._scatter(w, reply, arrays[:k], obs)
             else:
@@ -549,7 +551,7 @@ class EnvPool:
                 info["final_info"] = reply["final_infos"][str(local)]
                 infos[i] = info
         self._pending = None
-        if single and stacked_obs is not None and self.homogeneous:
+        if single and stacked_obs is not None:
             self.workers[0].last_obs = stacked_obs  # type: ignore[assignment]
             return StepResult(stacked_obs, rewards, terminated, truncated, infos)
         return StepResult(self._gather(obs), rewards, terminated, truncated, infos)

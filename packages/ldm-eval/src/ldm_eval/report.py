@@ -41,6 +41,14 @@ img{max-width:100%;border:1px solid #eee;margin:6px 0}
 
 _SHOWN_THRESHOLDS = (0.0, 0.25, 0.5, 0.8, 1.0, 1.25, 1.5)
 
+#: LDM-v0's headline (Kulak, 2026): the share of its ~3,000 training envs at >= 80% and >= 100%
+#: of reference. The paper gives them for all envs pooled, not per library.
+PAPER_SHARE_80 = 0.53
+PAPER_SHARE_100 = 0.33
+
+#: Marks the end of the headline block, so a suite report can put its own section after it.
+HEADLINE_END = "<!-- end of headline -->"
+
 
 def _fmt(value: Any, *, pct: bool = False) -> str:
     if value is None:
@@ -109,6 +117,59 @@ def _summary_html(summary: pl.DataFrame) -> str:
         return "<p>no scores</p>"
     df = pl.DataFrame(rows)
     return _table(df, pct=(">= 80%", ">= 100%"), left=("policy", "library"))
+
+
+def _headline_html(tables: EvalTables) -> str:
+    """The paper's figures beside ours: share of scored envs at >= 80% / >= 100% of reference.
+
+    A reader compares this first, so the denominator (scored envs) sits beside every share and
+    the envs left out of it are named with their reason right below.
+    """
+    rows: list[dict[str, Any]] = [
+        {
+            "policy": "LDM-v0 (paper)",
+            "library": "all (~3,000 envs)",
+            "scored / envs": "",
+            ">= 80%": _fmt(PAPER_SHARE_80, pct=True),
+            ">= 100%": _fmt(PAPER_SHARE_100, pct=True),
+            "IQM [95% CI]": "",
+        }
+    ]
+    for r in tables.summary.iter_rows(named=True):
+        if r["library"] != "all" and r["policy"] != tables.summary["policy"].first():
+            continue  # per library only for the first policy (the model); baselines pooled
+        rows.append(
+            {
+                "policy": r["policy"],
+                "library": r["library"],
+                "scored / envs": f"{r['scored_envs']} / {r['envs']}",
+                ">= 80%": _fmt(r["frac_at_least_80"], pct=True),
+                ">= 100%": _fmt(r["frac_at_least_100"], pct=True),
+                "IQM [95% CI]": _ci(r, "iqm"),
+            }
+        )
+    table = _table(pl.DataFrame(rows), left=("policy", "library", "scored / envs"))
+    first = tables.scores.filter(pl.col("policy") == tables.scores["policy"].first())
+    left_out = []
+    for r in first.iter_rows(named=True):
+        why = []
+        if r.get("status") not in ("ok", None):
+            why.append(f"{r['status']} ({r.get('cause') or 'no cause recorded'})")
+        if r.get("reference_status") not in ("ok", None):
+            why.append(f"reference {r['reference_status']}")
+        if why:
+            left_out.append(f"{r['library']}/{r['env_id']}: {'; '.join(why)}")
+    out = (
+        "".join(f"<li>{html.escape(t.strip())}</li>" for t in left_out)
+        or "<li>none: every planned env is scored</li>"
+    )
+    return (
+        "<h2>Headline: the paper beside this run</h2>"
+        "<p>Share of scored envs where the policy's mean return is at or above 80% / 100% of "
+        "its env's reference (0% = the reference run's first 10% of episodes, 100% = its last "
+        "10%). The denominator is the scored envs; envs left out of it:</p>"
+        f"{table}<ul>{out}</ul>{HEADLINE_END}"
+    )
 
 
 def _threshold_html(curve: pl.DataFrame) -> str:
@@ -249,6 +310,7 @@ def render_report(tables: EvalTables, images: Mapping[str, bytes] | None = None)
             "envs only.</div>"
         )
     parts += [f"<div class='note'>{html.escape(n)}</div>" for n in tables.notes]
+    parts += [_headline_html(tables) if not tables.summary.is_empty() else HEADLINE_END]
     parts += ["<h2>Run</h2>", _meta_html(tables)]
     parts += [
         "<h2>Summary</h2>",

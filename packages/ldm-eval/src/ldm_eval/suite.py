@@ -736,6 +736,8 @@ class _Context:
         self.outputs: dict[str, str] = {}
         #: The evaluation report's body, kept so the report can be redrawn with its own time.
         self.eval_html: str | None = None
+        #: the suite's envs and their references (the report stage's `_suite_references`)
+        self.references: Any = None
 
     def command(self, text: str) -> str:
         """Note (and show) a command the stage runs, or the CLI equivalent of what it does."""
@@ -1273,10 +1275,39 @@ def _training_curve_html(suite: Suite) -> str:
     return curve_html(suite.folder / CURVE_FILE, png)
 
 
+def _unreferenced_html(references: Any) -> str:
+    """Suite envs the model was never trained on, each with the filter's reasons.
+
+    The evaluation only plans envs with a kept reference, so without this list an env whose
+    runs were all dropped would vanish from the headline's denominator without a word.
+    """
+    if references is None:
+        return ""
+    rows = [r for r in references.iter_rows(named=True) if r.get("reference_status") != "ok"]
+    if not rows:
+        return "<p>Every env of the suite kept a reference run.</p>"
+    items = "".join(
+        f"<li>{html.escape(r['library'])}/{html.escape(r['env_id'])}: "
+        f"{html.escape(str(r.get('reference_status')))}"
+        f"{' (' + html.escape(r['dropped']) + ')' if r.get('dropped') else ''}</li>"
+        for r in rows
+    )
+    return (
+        f"<p>{len(rows)} of the suite's {references.height} envs kept no reference run, so the "
+        f"model was not trained or scored on them:</p><ul>{items}</ul>"
+    )
+
+
 def _render_report(ctx: _Context) -> None:
-    """Write the suite report: its own section, then the evaluation report's."""
+    """Write the suite report: the headline, its own section, then the evaluation report's."""
+    from ldm_eval.report import HEADLINE_END
+
     page = ctx.eval_html or ""
     section = _suite_html(ctx)
+    if HEADLINE_END in page:  # the headline stays first; unscored suite envs named right below
+        page = page.replace(HEADLINE_END, _unreferenced_html(ctx.references) + HEADLINE_END, 1)
+        head, tail = page.split(HEADLINE_END, 1)
+        page, section = head + HEADLINE_END + section + tail, ""
     title = f"LDM suite {html.escape(ctx.suite.name)}"
     page = re.sub(r"<title>.*?</title>", f"<title>{title}</title>", page, count=1)
     start, end = page.find("<h1>"), page.find("</h1>")
@@ -1305,9 +1336,9 @@ def _stage_report(ctx: _Context) -> None:
     tables = compute_tables(run_dir, n_resamples=ctx.suite.eval.resamples)
     images = {p.name: p.read_bytes() for p in sorted(run_dir.plots.glob("*.png"))} or None
     ctx.eval_html = render_report(tables, images)
+    ctx.references = references = _suite_references(ctx.suite)
     _render_report(ctx)
     ctx.outputs["report"] = str(ctx.suite.report_path)
-    references = _suite_references(ctx.suite)
     written = _write_csv_tables(tables, references, ctx.suite.folder)
     ctx.outputs["tables"] = ", ".join(p.name for p in written)
 
