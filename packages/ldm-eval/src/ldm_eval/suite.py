@@ -1191,32 +1191,34 @@ def _suite_html(ctx: _Context) -> str:
     suite, record = ctx.suite, ctx.record
     esc = html.escape
     rows = []
-    total = 0.0
+    total = all_attempts = 0.0
     for stage in STAGES:
         rec = record.stages.get(stage)
         if rec is None:
             rows.append(
                 f"<tr><td class='l'>{stage}</td><td class='l'>not run</td>"
-                + "<td></td>" * 4
+                + "<td></td>" * 5
                 + "</tr>"
             )
             continue
         total += rec.wall_s or 0.0
+        all_attempts += rec.total_wall_s or rec.wall_s or 0.0
         rows.append(
             "<tr>"
             f"<td class='l'>{stage}</td><td class='l'>{esc(rec.status)}</td>"
-            f"<td>{_fmt_wall(rec.wall_s)}</td><td>{rec.attempts}</td>"
+            f"<td>{_fmt_wall(rec.wall_s)}</td><td>{_fmt_wall(rec.total_wall_s)}</td>"
+            f"<td>{rec.attempts}</td>"
             f"<td class='l'>{_when(rec.started)}</td><td class='l'>{_when(rec.ended)}</td>"
             "</tr>"
         )
     rows.append(
         f"<tr><th class='l'>total</th><th></th><th>{_fmt_wall(total)}</th>"
-        + "<th></th>" * 3
-        + "</tr>"
+        f"<th>{_fmt_wall(all_attempts)}</th>" + "<th></th>" * 3 + "</tr>"
     )
     stage_table = (
         "<table><thead><tr><th class='l'>stage</th><th class='l'>status</th>"
-        "<th>wall time (last attempt)</th><th>attempts</th><th class='l'>started</th>"
+        "<th>wall time (last attempt)</th><th>wall time (all attempts since the stage last "
+        "finished)</th><th>attempts</th><th class='l'>started</th>"
         f"<th class='l'>ended</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
     commands = "".join(
