@@ -45,11 +45,11 @@ def docker_backend():
     Skipped without an engine, except in CI, where .ci/run starts one and its absence fails.
     """
     from ldm_envs.backends.docker import DockerBackend, connect
-    from ldm_envs.errors import LdmEnvsError
+    from ldm_envs.errors import LDMEnvsError
 
     try:
         connect()
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         if os.environ.get("CI") and not os.environ.get("LDM_SKIP_DOCKER"):
             raise
         pytest.skip(str(exc))

@@ -30,7 +30,7 @@ from ldm_envs.dataset import (
     write_index,
     write_ref_actions,
 )
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 from ldm_envs.spaces import BoxSpace, DiscreteSpace, MultiBinarySpace, MultiDiscreteSpace
 
 VECTOR = BoxSpace(shape=(4,), low=[-4.8, -math.inf, -0.42, -math.inf], high=math.inf)
@@ -274,7 +274,7 @@ def test_truncated_shard_is_named(tmp_path):
         path.write_bytes(raw[:keep])
         with pytest.raises(CorruptShardError, match=r"corrupt shard .*run\.arrow") as info:
             ShardReader(path)
-        assert info.value.path == path and isinstance(info.value, LdmEnvsError)
+        assert info.value.path == path and isinstance(info.value, LDMEnvsError)
 
 
 def test_flipped_data_bytes_are_found_by_verify(tmp_path):

@@ -12,7 +12,7 @@ from ldm_envs.errors import (
     ActionError,
     BuildError,
     EnvRaisedError,
-    LdmEnvsError,
+    LDMEnvsError,
     WorkerCrashedError,
     WorkerTimeoutError,
 )
@@ -196,5 +196,5 @@ def test_build_failure_shows_the_resolver_log(tmp_path):
 def test_declared_spaces_must_match_the_library(toy):
     env = toy.env("CartPole-v1").model_copy(update={"action_space": DiscreteSpace(n=3)})
     wrong = toy.model_copy(update={"envs": [env]})
-    with pytest.raises(LdmEnvsError, match=r"manifest declares .* run `ldm-envs probe toy`"):
+    with pytest.raises(LDMEnvsError, match=r"manifest declares .* run `ldm-envs probe toy`"):
         EnvPool(wrong, "CartPole-v1")

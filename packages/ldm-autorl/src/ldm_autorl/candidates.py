@@ -34,7 +34,8 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ldm_envs.errors import LdmEnvsError, SpaceError
+from ldm_autorl.errors import CandidateError, UnknownCandidateError
+from ldm_envs.errors import LDMError, SpaceError
 from ldm_envs.manifest import EnvLibrarySpec
 from ldm_envs.plugins import load_entry_point
 from ldm_envs.spaces import (
@@ -100,17 +101,6 @@ _RESERVED = {
 }
 _SCHEDULE = re.compile(r"^lin_([0-9.eE+\-]+)$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9\-]*$")
-
-
-class CandidateError(LdmEnvsError, ValueError):
-    """A candidate config is invalid or cannot run on an env; the message names plugin and key."""
-
-
-class UnknownCandidateError(CandidateError, KeyError):
-    """A candidate name is not registered; the message lists the known ones."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class ActionNoiseConfig(BaseModel):
@@ -847,7 +837,7 @@ class CandidateRegistry:
                 items = _load_entry_point(ep)
             except Exception as exc:
                 msg = str(exc)
-                if not isinstance(exc, LdmEnvsError):
+                if not isinstance(exc, LDMError):
                     failure = f"{type(exc).__name__}: {exc}"
                     msg = f"plugin {ep.name!r}: loading {ep.value!r} failed: {failure}"
                 registry.broken[ep.name] = msg

@@ -12,7 +12,7 @@ from rich.table import Table
 from ldm_autorl import layout, pipeline
 from ldm_envs.cli_errors import fail
 from ldm_envs.console import make_console
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError, LDMError
 from ldm_envs.plugins import get_library
 
 app = typer.Typer(
@@ -126,7 +126,7 @@ def _executor(name: str, address: str | None, workers: int | None):
     try:
         return make_executor(name, address=address, max_workers=workers)
     except ImportError as exc:  # Ray is an extra: say which one, without a traceback
-        raise LdmEnvsError(str(exc)) from None
+        raise LDMEnvsError(str(exc)) from None
 
 
 #: The filter table's columns shown in a terminal (all of them are logged to MLflow).
@@ -179,7 +179,7 @@ def candidates(
         spec = get_library(library)
         _check_candidates(candidate)
         df = compatibility_table(spec)
-    except LdmEnvsError as exc:
+    except LDMError as exc:
         _fail(exc)
     if candidate:
         df = df.filter(pl.col("candidate").is_in(candidate))
@@ -237,7 +237,7 @@ def rank(
             backend=backend,
             max_restarts=max_restarts,
         )
-    except (LdmEnvsError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (LDMError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(exc)
     _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
     if outcome.failures:
@@ -280,7 +280,7 @@ def train(
             backend=backend,
             max_restarts=max_restarts,
         )
-    except (LdmEnvsError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (LDMError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(exc)
     console.print(
         f"{len(outcome.results)} reference runs finished ({outcome.skipped} earlier), "
@@ -317,7 +317,7 @@ def filter_(
         table = pipeline.filter_runs(
             library, root=_root(root), backend=backend, random_episodes=random_episodes
         )
-    except (LdmEnvsError, FileNotFoundError) as exc:
+    except (LDMError, FileNotFoundError) as exc:
         _fail(exc)
     if table.height:
         _print_decisions(table, library)
@@ -341,7 +341,7 @@ def dataset(
     try:
         refresh_index(_root(root), say=_warning)
         runs, _episodes = read_index(_root(root))
-    except (LdmEnvsError, FileNotFoundError) as exc:
+    except (LDMError, FileNotFoundError) as exc:
         _fail(exc)
     if library:
         runs = runs.filter(pl.col("library") == library)
@@ -457,7 +457,7 @@ def export_(
             overwrite=overwrite,
             say=_warning,
         )
-    except (LdmEnvsError, FileNotFoundError) as exc:
+    except (LDMError, FileNotFoundError) as exc:
         _fail(exc)
     table = Table(title=f"exported ({format_}, {actions} actions) to {out}")
     for col in ("library", "env", "runs", "episodes", "steps", "env spec", "dataset"):
@@ -541,7 +541,7 @@ def run(
         table = pipeline.filter_runs(
             library, root=data_root, backend=backend, random_episodes=random_episodes
         )
-    except (LdmEnvsError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (LDMError, FileNotFoundError, KeyError, ValueError) as exc:
         _fail(exc)
     if table.height:
         _print_decisions(table, library)

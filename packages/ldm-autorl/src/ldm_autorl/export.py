@@ -65,10 +65,11 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from ldm_autorl import layout
+from ldm_autorl.errors import ExportError
 from ldm_envs.atomic import replace_dir
 from ldm_envs.dataset.index import read_index
 from ldm_envs.dataset.shards import ShardReader, space_layout
-from ldm_envs.errors import BadInputError, LdmEnvsError
+from ldm_envs.errors import BadInputError, LDMError
 from ldm_envs.inputs import require_choice
 from ldm_envs.spaces import BoxSpace, DiscreteSpace, MultiBinarySpace, MultiDiscreteSpace
 
@@ -97,10 +98,6 @@ _ACTIONS_MEANING = {
 Say = Callable[[str], None]
 #: The spaces a shard can hold (what `ShardMeta` stores).
 ShardSpace = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
-
-
-class ExportError(LdmEnvsError):
-    """An export cannot be written: nothing kept, a missing extra, an env not makeable, ..."""
 
 
 class ExportedDataset(BaseModel):
@@ -295,7 +292,7 @@ def host_env(
     try:
         spec = get_library(library)
         declared = spec.env(env_id)
-    except LdmEnvsError as exc:
+    except LDMError as exc:
         return None, f"{exc}"
     if spec.environment.api != Api.GYMNASIUM:
         return None, f"library {library!r} speaks {spec.environment.api.value}, not gymnasium"

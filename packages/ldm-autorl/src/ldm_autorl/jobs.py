@@ -24,11 +24,12 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ldm_autorl import layout
 from ldm_autorl.candidates import registry as candidate_registry
+from ldm_autorl.errors import RestartLimitError
 from ldm_autorl.recording import RecordingVecEnv, relabel
 from ldm_autorl.stats import window
 from ldm_envs import tracking
 from ldm_envs.dataset.shards import ShardMeta, ShardWriter
-from ldm_envs.errors import LdmEnvsError, WorkerError
+from ldm_envs.errors import WorkerError
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library
 from ldm_envs.sb3 import LdmSB3VecEnv
@@ -37,14 +38,6 @@ from ldm_envs.sb3 import LdmSB3VecEnv
 FINAL_EVAL_EPISODES = 10
 #: Worker restarts a run survives by default; one more fails it (`RestartLimitError`).
 MAX_WORKER_RESTARTS = 3
-
-
-class RestartLimitError(LdmEnvsError):
-    """A run's env worker needed more restarts than the run allows; names run, count and cause.
-
-    Each restart cuts the episodes of the worker's envs short; a run that keeps losing its
-    worker is failing, not training, so it stops instead of recording more cut episodes.
-    """
 
 
 class RunResult(BaseModel):

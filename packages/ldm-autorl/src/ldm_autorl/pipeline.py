@@ -29,6 +29,7 @@ from rich.console import Console
 from ldm_autorl import layout, verify
 from ldm_autorl.candidates import CandidateConfig, compatibility
 from ldm_autorl.candidates import registry as candidate_registry
+from ldm_autorl.errors import EmptyRankingError
 from ldm_autorl.executors import Executor, TaskResult, TaskSpec
 from ldm_autorl.jobs import MAX_WORKER_RESTARTS, RunResult, load_result
 from ldm_autorl.random_baseline import DEFAULT_EPISODES as DEFAULT_RANDOM_EPISODES
@@ -39,7 +40,6 @@ from ldm_envs import tracking
 from ldm_envs.backends import check_backend
 from ldm_envs.dataset.index import write_index
 from ldm_envs.dataset.shards import write_decision
-from ldm_envs.errors import LdmEnvsError
 from ldm_envs.inputs import require_at_least, require_positive
 from ldm_envs.locks import stage_lock
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
@@ -50,10 +50,6 @@ MAX_ENVS_PER_LIBRARY = 250
 DEFAULT_RANK_BUDGET = 10_000
 DEFAULT_TRAIN_BUDGET = 20_000
 TASK_TARGET = "ldm_autorl.jobs:train_run"
-
-
-class EmptyRankingError(LdmEnvsError, ValueError):
-    """No candidate scored in the ranking, so no reference run can be chosen."""
 
 
 class ZooComparison(BaseModel):

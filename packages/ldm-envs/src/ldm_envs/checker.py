@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ldm_envs.backends import Backend
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.paths import checks_dir
 from ldm_envs.pool import EnvPool
@@ -90,7 +90,7 @@ def check_env(
                     result.problems += _observation_problems(pool, r.obs)
                 result.steps += num_envs
             result.steps_per_second = result.steps / max(time.perf_counter() - start, 1e-9)
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         result.problems.append(str(exc))
     result.ok = not result.problems
     return result

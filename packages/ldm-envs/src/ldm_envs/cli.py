@@ -13,7 +13,7 @@ from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_back
 from ldm_envs.checker import EnvCheck, check_library, last_check
 from ldm_envs.cli_errors import fail
 from ldm_envs.console import make_console
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 from ldm_envs.inputs import require_positive_all
 from ldm_envs.manifest import write_manifest
 from ldm_envs.plugins import registry
@@ -61,7 +61,7 @@ def list_libraries() -> None:
         for backend_name in BACKENDS[1:]:
             try:
                 state = "built" if get_backend(backend_name).is_ready(spec) else "not built"
-            except LdmEnvsError:
+            except LDMEnvsError:
                 state = "no engine"
             res = last_check(name, backend_name)
             if res is not None:
@@ -93,7 +93,7 @@ def show(library: str) -> None:
     """Show a library's isolated environment and declared envs."""
     try:
         entry = registry().entry(library)
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
     spec = entry.spec
     env_block = spec.environment
@@ -133,7 +133,7 @@ def build(
     try:
         spec = registry().get(library)
         ref = get_backend(backend, console=err).prepare(spec, rebuild=rebuild)
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
     console.print(f"{library} ready through {backend}: {ref}")
 
@@ -163,7 +163,7 @@ def probe(
         spec, changes = probe_library(
             entry.spec, get_backend(backend, console=err), env, discover=discover
         )
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
     for line in changes or ["all declared spaces already match the library"]:
         console.print(f"  {line}")
@@ -206,7 +206,7 @@ def new(
     if library in reg.libraries and not force:
         entry = reg.libraries[library]
         _fail(
-            LdmEnvsError(
+            LDMEnvsError(
                 f"library {library!r} is already provided by the installed plugin "
                 f"{entry.distribution or entry.plugin} (manifest {entry.source}); pick another "
                 "name, or pass --force"
@@ -224,7 +224,7 @@ def new(
             description=description,
             force=force,
         )
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
     console.print(f"[green]created[/] {root}", highlight=False)
     console.print("next steps (guide: docs/adding-a-library.md):")
@@ -245,7 +245,7 @@ def check(
         require_positive_all({"--steps": steps, "--num-envs": num_envs})
         spec = registry().get(library)
         backend_obj = get_backend(backend, console=err)
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
 
     def show_env(res: EnvCheck) -> None:
@@ -263,7 +263,7 @@ def check(
         report = check_library(
             spec, backend_obj, env_ids=env, steps=steps, num_envs=num_envs, on_env=show_env
         )
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
     good = sum(e.ok for e in report.envs)
     console.print(f"{good}/{len(report.envs)} envs passed in {report.seconds} s")
@@ -293,7 +293,7 @@ def bench(
 
     unknown = sorted(set(ppo_config or []) - set(PPO_CONFIGS))
     if unknown:
-        _fail(LdmEnvsError(f"unknown --ppo-config {unknown}; known: {sorted(PPO_CONFIGS)}"))
+        _fail(LDMEnvsError(f"unknown --ppo-config {unknown}; known: {sorted(PPO_CONFIGS)}"))
     try:
         require_positive_all(
             {
@@ -318,7 +318,7 @@ def bench(
             rounds=rounds,
             compare_socket=compare_socket,
         )
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         _fail(exc)
 
 
@@ -332,7 +332,7 @@ def docker_base(
         from ldm_envs.backends.docker import build_base
 
         ref = build_base(python, tag=tag, console=err)
-    except (LdmEnvsError, RuntimeError) as exc:
+    except (LDMEnvsError, RuntimeError) as exc:
         _fail(exc)
     console.print(f"base image ready: {ref}")
 

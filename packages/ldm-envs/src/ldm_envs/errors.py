@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 
-class LdmEnvsError(Exception):
+class LDMError(Exception):
+    """The root of every ldm error, in all four packages (ldm-envs, -autorl, -model, -eval).
+
+    Each package has its own subtree (`LDMEnvsError` here, `ldm_autorl.errors.LDMAutoRLError`,
+    `ldm_model.errors.LDMModelError`, `ldm_eval.errors.LDMEvalError`), so a caller can catch one
+    package's failures or all of them, and the CLIs' one error path turns any of them into a
+    single `error: ...` line. It lives here because every package depends on ldm-envs.
+    """
+
+
+class LDMEnvsError(LDMError):
     """Base of every error raised by ldm-envs."""
 
 
-class BadInputError(LdmEnvsError, ValueError):
+#: The names before the `LDM*` spelling, kept for one release.
+LdmError = LDMError
+LdmEnvsError = LDMEnvsError
+
+
+class BadInputError(LDMEnvsError, ValueError):
     """A value given by the user is refused before any work starts; the message names the field.
 
     The CLIs turn it into one `error: <field>: <why>` line and exit code 2 (bad usage), so a
@@ -20,33 +35,33 @@ class BadInputError(LdmEnvsError, ValueError):
         super().__init__(f"{field}: {message}")
 
 
-class SpaceError(LdmEnvsError, ValueError):
+class SpaceError(LDMEnvsError, ValueError):
     """A space is unsupported, malformed, or beyond the paper's size limits."""
 
 
-class ManifestError(LdmEnvsError, ValueError):
+class ManifestError(LDMEnvsError, ValueError):
     """A plugin manifest is malformed; the message names the plugin and the field."""
 
 
-class PluginError(LdmEnvsError):
+class PluginError(LDMEnvsError):
     """A plugin could not be loaded (import failure, wrong entry-point target, name mismatch)."""
 
 
-class UnknownLibraryError(LdmEnvsError, KeyError):
+class UnknownLibraryError(LDMEnvsError, KeyError):
     """A library name is not registered; the message lists the known ones."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
-class UnknownEnvError(LdmEnvsError, KeyError):
+class UnknownEnvError(LDMEnvsError, KeyError):
     """An env id is not declared by its library; the message lists the declared ones."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
 
 
-class BuildError(LdmEnvsError):
+class BuildError(LDMEnvsError):
     """Building an isolated environment failed; carries the failing step's log."""
 
     def __init__(self, library: str, step: str, log: str) -> None:
@@ -59,7 +74,7 @@ class BuildError(LdmEnvsError):
         )
 
 
-class WorkerError(LdmEnvsError):
+class WorkerError(LDMEnvsError):
     """A worker failed: it crashed, hung, or an env inside it raised."""
 
     def __init__(self, library: str, env_ids: list[str], cause: str) -> None:
@@ -81,7 +96,7 @@ class EnvRaisedError(WorkerError):
     """An env raised inside the worker; the cause holds the remote traceback."""
 
 
-class PoolClosedError(LdmEnvsError, RuntimeError):
+class PoolClosedError(LDMEnvsError, RuntimeError):
     """A closed pool (or a vector env over it) was stepped, reset or queried.
 
     Raised instead of restarting the workers as if they had crashed: a closed pool starts
@@ -89,5 +104,5 @@ class PoolClosedError(LdmEnvsError, RuntimeError):
     """
 
 
-class ActionError(LdmEnvsError, ValueError):
+class ActionError(LDMEnvsError, ValueError):
     """An action lies outside the env's declared action space."""

@@ -28,7 +28,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from ldm_envs.atomic import atomic_write_bytes
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 
 __all__ = ["LOCKS_DIR", "LockHolder", "StageBusyError", "lock_path", "read_holder", "stage_lock"]
 
@@ -52,7 +52,7 @@ class LockHolder(BaseModel):
         return f"pid {self.pid} on {self.host} since {since} ({self.command})"
 
 
-class StageBusyError(LdmEnvsError):
+class StageBusyError(LDMEnvsError):
     """Another process holds the stage lock of this data root and library.
 
     Attributes:

@@ -26,7 +26,7 @@ from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-from ldm_envs.errors import LdmEnvsError, ManifestError, PluginError, UnknownLibraryError
+from ldm_envs.errors import LDMEnvsError, ManifestError, PluginError, UnknownLibraryError
 from ldm_envs.manifest import EnvLibrarySpec, parse_manifest, read_manifest
 
 ENTRY_POINT_GROUP = "ldm.env_libraries"
@@ -99,7 +99,7 @@ def load_entry_point(
         )
     if failure:
         exc = failure[0]
-        if isinstance(exc, KeyboardInterrupt | LdmEnvsError):
+        if isinstance(exc, KeyboardInterrupt | LDMEnvsError):
             raise exc
         if isinstance(exc, SystemExit):
             what = f"it called sys.exit({exc.code!r}) while being imported"
@@ -159,7 +159,7 @@ class LibraryRegistry:
         for ep in eps if eps is not None else entry_points(group=ENTRY_POINT_GROUP):
             try:
                 registry.libraries[ep.name] = _load_entry_point(ep)
-            except LdmEnvsError as exc:
+            except LDMEnvsError as exc:
                 registry.broken[ep.name] = str(exc)
                 logger.debug("skipping env-library plugin %r: %s", ep.name, exc)
             except Exception as exc:

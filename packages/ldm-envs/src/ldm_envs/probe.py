@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ldm_envs.backends import Backend
-from ldm_envs.errors import LdmEnvsError, ManifestError, SpaceError, UnknownEnvError, WorkerError
+from ldm_envs.errors import LDMEnvsError, ManifestError, SpaceError, UnknownEnvError, WorkerError
 from ldm_envs.manifest import (
     RANKING_SUBSET_SIZE,
     EnvLibrarySpec,
@@ -86,7 +86,7 @@ def list_registered_envs(
     library's image, or the host for `inprocess`).
 
     Raises:
-        LdmEnvsError: when listing fails (with the interpreter's output).
+        LDMEnvsError: when listing fails (with the interpreter's output).
     """
     api, imports = spec.environment.api.value, list(spec.imports)
     if backend.name == "inprocess":
@@ -97,7 +97,7 @@ def list_registered_envs(
             exec(compile(_LIST_ENVS, "<ldm-envs list_envs>", "exec"), namespace)
             return namespace["list_envs"](api, imports)
         except Exception as exc:
-            raise LdmEnvsError(
+            raise LDMEnvsError(
                 f"library {spec.name!r}: listing its registered envs failed: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
@@ -140,11 +140,11 @@ def list_registered_envs(
         except Exception as exc:  # docker.errors.ContainerError carries the stderr
             output, failed = str(exc), True
     else:
-        raise LdmEnvsError(f"listing registered envs is not supported by backend {backend.name!r}")
+        raise LDMEnvsError(f"listing registered envs is not supported by backend {backend.name!r}")
     lines = [line for line in output.splitlines() if line.startswith(_MARKER)]
     if failed or not lines:
         tail = "\n".join(output.strip().splitlines()[-30:])
-        raise LdmEnvsError(
+        raise LDMEnvsError(
             f"library {spec.name!r}: listing its registered envs failed through {backend.name}:\n"
             f"{tail}"
         )
@@ -293,7 +293,7 @@ def probe_library(
         try:
             registered = {e["id"]: e for e in list_registered_envs(spec, backend, timeout)}
             spec = _registered_limits(spec, unlimited, registered, changes)
-        except LdmEnvsError as exc:  # the limits are a convenience: never fail the probe
+        except LDMEnvsError as exc:  # the limits are a convenience: never fail the probe
             changes.append(f"registered time limits unknown: {str(exc).splitlines()[0]}")
     if discover or undeclared:
         registered = {e["id"]: e for e in list_registered_envs(spec, backend, timeout)}
@@ -317,7 +317,7 @@ def probe_library(
                     continue
                 tolerant.append(env_id)
             if not tolerant and not undeclared and placeholder_only:
-                raise LdmEnvsError(
+                raise LDMEnvsError(
                     f"library {spec.name!r}: found no registered envs after importing "
                     f"{spec.imports or 'nothing'}; set `imports` in the manifest to the modules "
                     "that register the envs, or pass env ids with --env"
@@ -358,7 +358,7 @@ def probe_library(
     envs = [updated[e.id] for e in spec.envs if e.id not in skipped]
     real = [e for e in envs if e.id != PLACEHOLDER_ENV_ID]
     if not real:
-        raise LdmEnvsError(
+        raise LDMEnvsError(
             f"library {spec.name!r} declares no env yet: pass env ids (`--env`) or let probe "
             "discover the registered ones"
             + "".join(f"\n  skipped {e}: {why}" for e, why in skipped.items())

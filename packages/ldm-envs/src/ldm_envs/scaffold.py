@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 
-from ldm_envs.errors import LdmEnvsError, ManifestError
+from ldm_envs.errors import LDMEnvsError, ManifestError
 from ldm_envs.manifest import (
     RANKING_SUBSET_SIZE,
     Api,
@@ -39,7 +39,7 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 DEFAULT_PYTHON: str = IsolatedEnvironment.model_fields["python"].default
 
 
-class ScaffoldError(LdmEnvsError, ValueError):
+class ScaffoldError(LDMEnvsError, ValueError):
     """The plugin cannot be scaffolded as asked; the message names the problem."""
 
 
@@ -311,7 +311,7 @@ import pytest
 
 from ldm_envs.backends import get_backend
 from ldm_envs.checker import check_library
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 from ldm_envs.manifest import RANKING_SUBSET_SIZE
 from ldm_envs.plugins import registry
 
@@ -324,7 +324,7 @@ def spec():
     """The manifest, discovered through the package's real entry point."""
     try:
         return registry().get(LIBRARY)
-    except LdmEnvsError as exc:
+    except LDMEnvsError as exc:
         pytest.fail(f"{{exc}}\\n(install the plugin: `uv add {{DISTRIBUTION}}`)")
 
 

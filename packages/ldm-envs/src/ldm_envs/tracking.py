@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 from ldm_envs.paths import data_home
 
 if TYPE_CHECKING:
@@ -123,10 +123,10 @@ _clients: dict[str, MlflowClient] = {}
 _experiments: dict[tuple[str, str], str] = {}
 
 
-class TrackingError(LdmEnvsError, RuntimeError):
+class TrackingError(LDMEnvsError, RuntimeError):
     """Tracking failed in a way the caller must fix (a changed param, a deleted experiment).
 
-    An `LdmEnvsError`, so the CLIs print it as one `error: ...` line, not a traceback.
+    An `LDMEnvsError`, so the CLIs print it as one `error: ...` line, not a traceback.
     """
 
 

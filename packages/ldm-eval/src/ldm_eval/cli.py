@@ -11,7 +11,7 @@ import typer
 from ldm_envs.backends import BACKENDS
 from ldm_envs.cli_errors import BAD_INPUT_EXIT, fail
 from ldm_envs.console import make_console
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMError
 from ldm_envs.inputs import require_positive
 from ldm_eval.suite import STAGES
 
@@ -139,7 +139,7 @@ def evaluate(
             n_resamples=resamples,
             console=err,
         )
-    except (LdmEnvsError, ValueError, FileNotFoundError, FileExistsError, ValidationError) as exc:
+    except (LDMError, ValueError, FileNotFoundError, FileExistsError, ValidationError) as exc:
         _fail(exc)
     console.print(f"results: {outcome.run_dir.path}", highlight=False)
     if outcome.mlflow_run_id:
@@ -170,7 +170,7 @@ def report(
                 folder = _download(source, Path(tmp))
                 tables = compute_tables(EvalRunDir(folder), n_resamples=resamples)
                 write_report(tables, output)
-    except (FileNotFoundError, ValueError, LdmEnvsError) as exc:
+    except (FileNotFoundError, ValueError, LDMError) as exc:
         _fail(exc)
     if not tables.complete:
         err.print("[yellow]partial evaluation:[/] the report marks what is missing")
@@ -297,7 +297,7 @@ def sizes(
             track=track,
         )
         outcome = compare_sizes(settings, console=err)
-    except (LdmEnvsError, ValueError, FileNotFoundError, ValidationError) as exc:
+    except (LDMError, ValueError, FileNotFoundError, ValidationError) as exc:
         _fail(exc)
 
     def pct(value: float | None) -> str:

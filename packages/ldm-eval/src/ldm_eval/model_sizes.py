@@ -49,6 +49,7 @@ from ldm_envs.atomic import atomic_write_bytes
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.paths import data_home
 from ldm_eval.aggregate import ALL
+from ldm_eval.errors import ModelSizesError
 from ldm_eval.protocol import EvalConfig
 from ldm_eval.threads import torch_threads
 
@@ -119,10 +120,6 @@ PER_ENV_SCHEMA: dict[str, pl.DataType] = {
     "return_mean": pl.Float64(),
     "score": pl.Float64(),
 }
-
-
-class ModelSizesError(ValueError):
-    """A comparison that cannot run: bad settings, no dataset, a size that failed (named)."""
 
 
 class SizesConfig(BaseModel):
@@ -370,7 +367,7 @@ def _evaluate_size(
     config: SizesConfig, record: SizeResult, eval_root: Path, console: Console
 ) -> tuple[SizeResult, pl.DataFrame]:
     """The protocol on one size's checkpoint, as `ldm-eval evaluate` runs it."""
-    from ldm_envs.errors import LdmEnvsError
+    from ldm_envs.errors import LDMError
     from ldm_eval.checkpoint import read_checkpoint
     from ldm_eval.pipeline import eval_key, evaluate, plan_envs
     from ldm_eval.policies import LDMPolicyFactory, PolicyFactory
@@ -379,7 +376,7 @@ def _evaluate_size(
     info = read_checkpoint(record.checkpoint)
     try:
         envs, warnings = plan_envs(info, None, None)
-    except (LdmEnvsError, ValueError) as exc:
+    except (LDMError, ValueError) as exc:
         raise ModelSizesError(f"evaluating {name!r}: {exc}") from None
     policies: dict[str, PolicyFactory] = {
         "ldm": LDMPolicyFactory(info.path, device=config.eval_device)
@@ -402,7 +399,7 @@ def _evaluate_size(
                 n_resamples=config.resamples,
                 console=console,
             )
-    except (LdmEnvsError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (LDMError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise ModelSizesError(f"evaluating {name!r}: {exc}") from None
     pooled = (pl.col("policy") == "ldm") & (pl.col("library") == ALL)
     summary = outcome.tables.summary.filter(pooled)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rich.console import Console
 
 from ldm_envs.backends import BACKENDS, Backend
-from ldm_envs.errors import LdmEnvsError, WorkerError
+from ldm_envs.errors import LDMEnvsError, WorkerError
 from ldm_envs.plugins import get_library
 from ldm_envs.pool import EnvPool, SpaceModel, StepResult
 from ldm_eval.policies import Policy, PolicyFactory, SlotInfo
@@ -229,7 +229,7 @@ def _action_size(library: str, env_id: str) -> int:
     """How many numbers one action of this env is on the wire (a Discrete action is one)."""
     try:
         space = get_library(library).env(env_id).action_space
-    except LdmEnvsError:
+    except LDMEnvsError:
         return 0  # unknown: the pool that opens it fails the slot with the reason
     return 0 if space is None else int(np.asarray(space.to_gymnasium().sample()).size)
 
@@ -350,7 +350,7 @@ def _open_pool(
             for i in named or members:
                 slots[i].end("failed", f"could not start the env: {exc}")
             members = [i for i in members if i not in named] if named else []
-        except LdmEnvsError as exc:
+        except LDMEnvsError as exc:
             for i in members:
                 slots[i].end("failed", f"could not start library {library!r}: {exc}")
             members = []

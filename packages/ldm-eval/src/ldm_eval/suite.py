@@ -70,6 +70,7 @@ from ldm_envs import tracking
 from ldm_envs.backends import BACKENDS
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.paths import data_home
+from ldm_eval.errors import StageError, SuiteError
 from ldm_eval.threads import torch_threads
 
 __all__ = [
@@ -100,23 +101,6 @@ TAG_SUITE = "ldm.suite"
 TAG_SUITE_STAGE = "ldm.suite.stage"
 TAG_SUITE_STATUS = "ldm.suite.status"
 TAG_SUITE_COMMANDS = "ldm.suite.commands"
-
-
-class SuiteError(ValueError):
-    """A suite file (or a stage option) that cannot be used; the message names file and field.
-
-    Raised before any stage runs: `ldm-eval suite` exits 2 on it, as on any refused input.
-    """
-
-
-class StageError(RuntimeError):
-    """A stage failed: which stage, the command that failed (or its CLI equivalent), why."""
-
-    def __init__(self, stage: str, command: str, cause: str) -> None:
-        super().__init__(f"stage {stage!r} failed: {cause}\n  command: {command}")
-        self.stage = stage
-        self.command = command
-        self.cause = cause
 
 
 class _Failure(Exception):
@@ -788,7 +772,7 @@ def _stage_probe(ctx: _Context) -> None:
     """Spaces from the real library against the manifest, then random rollouts of the envs."""
     from ldm_envs.backends import get_backend
     from ldm_envs.checker import EnvCheck, check_library
-    from ldm_envs.errors import LdmEnvsError
+    from ldm_envs.errors import LDMError
     from ldm_envs.manifest import write_manifest
     from ldm_envs.plugins import registry
     from ldm_envs.probe import probe_library
@@ -803,7 +787,7 @@ def _stage_probe(ctx: _Context) -> None:
             entry = registry().entry(lib.name)
             backend = get_backend(lib.backend, console=ctx.console)
             spec, changes = probe_library(entry.spec, backend, lib.envs)
-        except LdmEnvsError as exc:
+        except LDMError as exc:
             raise _Failure(f"probing {lib.name}: {exc}") from None
         if changes:
             for line in changes:
@@ -845,7 +829,7 @@ def _stage_probe(ctx: _Context) -> None:
                 steps=cfg.check_steps,
                 on_env=show,
             )
-        except LdmEnvsError as exc:
+        except LDMError as exc:
             raise _Failure(f"checking {lib.name}: {exc}") from None
         if not report.ok:
             bad = [e.env_id for e in report.envs if not e.ok]
@@ -1116,7 +1100,7 @@ def _eval_targets(
 
 def _stage_eval(ctx: _Context) -> None:
     """The paper's protocol on the trained checkpoint, the random baseline beside it."""
-    from ldm_envs.errors import LdmEnvsError
+    from ldm_envs.errors import LDMError
     from ldm_eval.checkpoint import read_checkpoint
     from ldm_eval.pipeline import eval_key, evaluate, plan_envs
     from ldm_eval.policies import LDMPolicyFactory, PolicyFactory, RandomPolicyFactory
@@ -1132,7 +1116,7 @@ def _stage_eval(ctx: _Context) -> None:
     libraries, env_ids, notes = _eval_targets(suite, info.envs)
     try:
         envs, warnings = plan_envs(info, libraries, env_ids)
-    except (LdmEnvsError, ValueError) as exc:
+    except (LDMError, ValueError) as exc:
         raise _Failure(str(exc)) from None
     warnings = notes + warnings
     policies: dict[str, PolicyFactory] = {"ldm": LDMPolicyFactory(info.path, device=e.device)}
@@ -1164,7 +1148,7 @@ def _stage_eval(ctx: _Context) -> None:
                 n_resamples=e.resamples,
                 console=ctx.console,
             )
-    except (LdmEnvsError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (LDMError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise _Failure(str(exc)) from None
     ctx.outputs["eval_dir"] = str(outcome.run_dir.path)
     ctx.outputs["eval_report"] = str(outcome.report)

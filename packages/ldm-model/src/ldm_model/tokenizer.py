@@ -30,6 +30,7 @@ from ldm_envs.spaces import (
     MultiDiscreteSpace,
     check_limits,
 )
+from ldm_model.errors import TokenizationError
 
 MU = 100.0
 MU_M = 256.0
@@ -42,10 +43,6 @@ ACT_DIMS = MAX_ACTION_DIMS
 IMAGE_SIZE = 64
 
 SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
-
-
-class TokenizationError(ValueError):
-    """A value the tokenizer refuses (NaN), or a space it cannot encode."""
 
 
 # --------------------------------------------------------------------------------------------

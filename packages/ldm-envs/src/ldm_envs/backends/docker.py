@@ -35,7 +35,7 @@ from ldm_envs.backends.docker_base import (
     build_base_image,
     build_image,
 )
-from ldm_envs.errors import BuildError, LdmEnvsError
+from ldm_envs.errors import BuildError, LDMEnvsError
 from ldm_envs.manifest import EnvLibrarySpec
 from ldm_envs.paths import docker_dir
 from ldm_envs.protocol import WorkerClient, WorkerProcess
@@ -53,18 +53,18 @@ def connect(base_url: str | None = None) -> docker.DockerClient:
     """A client for `base_url`, `$DOCKER_HOST` or the default socket, checked with a ping.
 
     Raises:
-        LdmEnvsError: when no engine answers, saying how to start one.
+        LDMEnvsError: when no engine answers, saying how to start one.
     """
     try:
         import docker
     except ImportError as exc:  # pragma: no cover - docker is a dependency of ldm-envs
-        raise LdmEnvsError("the docker backend needs the docker SDK: pip install docker") from exc
+        raise LDMEnvsError("the docker backend needs the docker SDK: pip install docker") from exc
     url = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     try:
         client = docker.DockerClient(base_url=url, timeout=600)
         client.ping()
     except Exception as exc:
-        raise LdmEnvsError(
+        raise LDMEnvsError(
             f"no Docker engine answers at {url} ({type(exc).__name__}); start one with "
             "`bash tools/docker/start-engine.sh` or set DOCKER_HOST"
         ) from None

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 
 if TYPE_CHECKING:
     import docker
@@ -101,7 +101,7 @@ _FIND_PYTHON_SNIPPET = (
 )
 
 
-class BaseImageError(LdmEnvsError, RuntimeError):
+class BaseImageError(LDMEnvsError, RuntimeError):
     """Building the base image failed.
 
     Attributes:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ldm_envs.errors import LdmEnvsError
+from ldm_envs.errors import LDMEnvsError
 
 
-class DatasetError(LdmEnvsError):
+class DatasetError(LDMEnvsError):
     """Base of every error raised by `ldm_envs.dataset`."""
 
 

@@ -16,22 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ldm_envs.dataset import CorruptShardError, quarantine_reason, quarantine_shard
-
-
-class ShardUnavailableError(RuntimeError):
-    """A shard the sampler needs is corrupt (now quarantined), gone, or differs from the index.
-
-    Its message is one line naming the file and what to do.
-    """
-
-    def __init__(self, message: str) -> None:
-        # A DataLoader worker's exception reaches the trainer re-raised as
-        # `type(exc)("Caught X in DataLoader worker process 0.\nOriginal Traceback ...")`:
-        # keep the original one-line message, not the worker's traceback.
-        marker = f"{type(self).__name__}: "
-        if message.startswith(f"Caught {type(self).__name__}") and marker in message:
-            message = message.rsplit(marker, 1)[1].strip()
-        super().__init__(message)
+from ldm_model.errors import ShardUnavailableError
 
 
 def _rebuild_hint(root: Path) -> str:

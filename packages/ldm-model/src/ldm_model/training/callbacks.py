@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ldm_envs.plugins import load_entry_point
+from ldm_model.errors import CallbackPluginError
 
 if TYPE_CHECKING:
     from ldm_envs.tracking import RunHandle
@@ -93,10 +94,6 @@ class TrainerCallback(Protocol):
     def on_train_end(self, state: TrainingState) -> None:
         """After the last step of this call (finished, or paused by `stop_after`)."""
         ...
-
-
-class CallbackPluginError(RuntimeError):
-    """`eval_every` is set and no training callback could be found or built."""
 
 
 def discover_callbacks(

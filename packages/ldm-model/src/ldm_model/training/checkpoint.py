@@ -46,6 +46,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ldm_envs.atomic import replace_dir
 from ldm_model.config import ModelConfig
+from ldm_model.errors import (
+    CheckpointConfigError,
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+)
 from ldm_model.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -67,27 +73,6 @@ _CHUNK = 1 << 20
 
 # --------------------------------------------------------------------------------------------
 # Errors
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message says which and why."""
-
-
-class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
-    """No checkpoint at the given path."""
-
-
-class CorruptCheckpointError(CheckpointError):
-    """A file of the checkpoint is missing, unreadable, or differs from its recorded hash."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"corrupt checkpoint file {path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-
-class CheckpointConfigError(CheckpointError):
-    """The checkpoint was made under another model or training config."""
 
 
 class CheckpointFallbackWarning(UserWarning):

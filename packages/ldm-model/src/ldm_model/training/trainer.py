@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from ldm_model.batch import Batch
+from ldm_model.errors import NonFiniteLossError, ResumeError, TrainingError
 from ldm_model.model import LDM
 from ldm_model.tokenizer import TokenizationError
 from ldm_model.training.callbacks import CallbackPluginError, TrainingState, discover_callbacks
@@ -86,29 +87,6 @@ TAG_PAUSED = "ldm.paused_at_step"
 
 # --------------------------------------------------------------------------------------------
 # Errors and results
-
-
-class TrainingError(RuntimeError):
-    """Training cannot start or go on; the message says why and what to do."""
-
-
-class ResumeError(TrainingError):
-    """The run folder holds a run that this command cannot continue."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss (or the gradient norm) became NaN or infinite."""
-
-    def __init__(self, step: int, env_ids: list[str], what: str = "loss", value: float = math.nan):
-        envs = sorted(set(env_ids))
-        super().__init__(
-            f"non-finite {what} ({value}) at step {step}; the batch's windows come from "
-            f"{len(envs)} env(s): {', '.join(envs)}"
-        )
-        self.step = step
-        self.env_ids = env_ids
-        self.what = what
-        self.value = value
 
 
 class TrainingPaused(BaseException):
