@@ -31,11 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
+    "FOUND_BY_PYENV",
+    "FOUND_BY_UV",
     "find_local_python",
     "find_pythons",
     "parse_version",
-    "python_in_prefix",
     "pyenv_root",
+    "python_in_prefix",
     "python_request",
     "uv_executable",
 ]

@@ -3,7 +3,7 @@
 Workers run with no network, limited memory and pids, as uid 1000, and reach the host through
 the Unix socket of `spawn_socket_worker`, whose folder is bind-mounted into the container.
 Images derive from a base image: the manifest's `base_image` for users with a registry, else a
-locally built `ldm-base:py<X.Y>` (debootstrap + docker import, see `docker_base.py`).
+locally built `ldm-base:py<X.Y>` (debootstrap + docker import, see `docker_base/`).
 
 Builds need PyPI from inside the build container. Where the network intercepts TLS, pass the
 CA bundle to trust (`ca_bundle=` / `--ca-bundle`, else `LDM_DOCKER_CA_BUNDLE`, else
