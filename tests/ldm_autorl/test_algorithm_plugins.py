@@ -81,7 +81,9 @@ def test_an_algorithm_plugin_that_exits_or_hangs_is_named_not_fatal(
 ) -> None:
     monkeypatch.setenv("LDM_PLUGIN_IMPORT_TIMEOUT", "0.5")
     exits = EntryPoint(name="exits", value="tests.ldm_envs.plugin_exits:X", group=ENTRY_POINT_GROUP)
-    hangs = EntryPoint(name="hangs", value="tests.ldm_envs.plugin_hangs:X", group=ENTRY_POINT_GROUP)
+    hangs = EntryPoint(
+        name="hangs", value="tests.ldm_autorl.algo_plugin_hangs:CANDIDATES", group=ENTRY_POINT_GROUP
+    )
     good = installed("mine", "ldm-algos-mine", [])
     start = time.monotonic()
     reg = CandidateRegistry.from_entry_points([exits, hangs, good])
