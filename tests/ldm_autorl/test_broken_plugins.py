@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ldm_autorl import candidates
+from ldm_autorl.candidates import discovery
 from ldm_autorl.cli import app
 
 runner = CliRunner()
@@ -20,9 +21,9 @@ BROKEN = EntryPoint(
 @pytest.fixture
 def broken_plugin(monkeypatch: pytest.MonkeyPatch):
     """The installed algorithm plugins plus one whose import calls sys.exit()."""
-    real = candidates.entry_points
-    monkeypatch.setattr(candidates, "entry_points", lambda group: [*real(group=group), BROKEN])
-    candidates._cached_registry.cache_clear()  # the command under test discovers them
+    real = discovery.entry_points
+    monkeypatch.setattr(discovery, "entry_points", lambda group: [*real(group=group), BROKEN])
+    discovery._cached_registry.cache_clear()  # the command under test discovers them
     yield
     monkeypatch.undo()
     candidates.registry(refresh=True)

@@ -22,7 +22,7 @@ from ldm_autorl.candidates import (
     observation_kind,
     registry,
 )
-from ldm_envs.errors import LDMEnvsError
+from ldm_envs.errors import LDMError
 from ldm_envs.spaces import (
     BoxSpace,
     DiscreteSpace,
@@ -222,7 +222,7 @@ def test_broken_candidates_are_named_and_never_hide_the_others():
         assert f"plugin {key.partition(':')[0]!r}" in message, key
     with pytest.raises(CandidateError, match="unknown hyperparameter 'learnig_rate'"):
         reg.get("ppo-fast")
-    assert issubclass(CandidateError, LDMEnvsError)
+    assert issubclass(CandidateError, LDMError)
 
 
 def test_candidates_from_a_yaml_file(tmp_path, monkeypatch):

@@ -79,11 +79,28 @@ class RunResult(BaseModel):
     #: The distinct causes of the restarts (first line each).
     restart_causes: list[str] = []
 
+    @property
+    def run_id(self) -> layout.RunId:
+        """The run this record is of."""
+        return layout.RunId(self.library, self.env_id, self.candidate, self.seed, self.budget)
+
     @field_validator("first10_mean", "last10_mean", mode="before")
     @classmethod
     def _null_is_nan(cls, value: object) -> object:
         """Records written before NaN was kept as NaN hold `null` there."""
         return float("nan") if value is None else value
+
+
+def run_kwargs(stage: str, rid: layout.RunId) -> dict[str, Any]:
+    """The keyword arguments of `train_run` that name the run (a task's kwargs are JSON)."""
+    return {
+        "stage": stage,
+        "library": rid.library,
+        "env_id": rid.env_id,
+        "candidate": rid.candidate,
+        "seed": rid.seed,
+        "budget": rid.budget,
+    }
 
 
 def load_result(path: Path) -> RunResult | None:
@@ -149,20 +166,24 @@ def train_run(
 ) -> dict[str, Any]:
     """Train `candidate` on `env_id` for `budget` transitions; returns the RunResult as a dict.
 
+    The run's identity arrives as five plain arguments because a task's kwargs are JSON (see
+    `run_kwargs`); inside, it is one `layout.RunId`.
+
     Raises:
         RestartLimitError: the env worker needed more than `max_restarts` restarts.
     """
     start = time.perf_counter()
     root_path = Path(root)
-    out = layout.result_path(root_path, stage, library, env_id, candidate, seed, budget)
+    rid = layout.RunId(library, env_id, candidate, seed, budget)
+    out = rid.result_path(root_path, stage)
     done = load_result(out)
     if done is not None:
         return done.model_dump()
     _one_torch_thread()
     spec = get_library(library)
     cand = candidate_registry().get(candidate)
-    key = layout.run_key(stage, library, env_id, candidate, seed, budget)
-    shards = layout.shard_dir(root_path, library, env_id, candidate, seed, budget)
+    key = rid.key(stage)
+    shards = rid.shard_dir(root_path)
     shutil.rmtree(shards, ignore_errors=True)  # leftovers of an interrupted attempt
     tags = {
         tracking.TAG_ENV: env_id,
@@ -242,7 +263,7 @@ def train_run(
             for path in paths:
                 relabel(model, path)
             relabel_seconds = time.perf_counter() - relabel_start
-            model_file = layout.model_path(root_path, library, env_id, candidate, seed, budget)
+            model_file = rid.model_path(root_path)
             model_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = model_file.with_suffix(".tmp.zip")
             model.save(tmp)

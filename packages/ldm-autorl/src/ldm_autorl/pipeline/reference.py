@@ -1,0 +1,96 @@
+"""The reference stage: the top-N ranked candidates on every env, recorded and relabeled."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from ldm_autorl import verify
+from ldm_autorl.errors import EmptyRankingError
+from ldm_autorl.executors import Executor
+from ldm_autorl.jobs import MAX_WORKER_RESTARTS
+from ldm_autorl.pipeline.ranking import load_ranking
+from ldm_autorl.pipeline.stages import (
+    StageOutcome,
+    _candidates,
+    _check_stage_inputs,
+    _stage_metrics,
+    _submit,
+    _warn,
+    compatible_pairs,
+    stage_parent,
+)
+from ldm_envs import tracking
+from ldm_envs.plugins import get_library
+
+MAX_ENVS_PER_LIBRARY = 250
+DEFAULT_TRAIN_BUDGET = 20_000
+
+
+def train(
+    library: str,
+    *,
+    executor: Executor,
+    root: Path,
+    top_n: int = 3,
+    budget: int = DEFAULT_TRAIN_BUDGET,
+    seeds: Sequence[int] = (0,),
+    env_ids: Sequence[str] | None = None,
+    max_envs: int = MAX_ENVS_PER_LIBRARY,
+    backend: str = "venv",
+    timeout_s: float = 6 * 3600,
+    console: Console | None = None,
+    max_restarts: int = MAX_WORKER_RESTARTS,
+) -> StageOutcome:
+    """Reference runs: the top-N compatible ranked candidates on every env, recorded.
+
+    Raises:
+        BadInputError: a budget or `top_n` below 1, a negative `max_restarts` or an unknown
+            backend, before any run or MLflow record.
+        StageBusyError: another process runs this library's reference runs under `root`.
+    """
+    _check_stage_inputs(budget=budget, backend=backend, top_n=top_n, max_restarts=max_restarts)
+    console = console or Console()
+    spec = get_library(library)
+    names = load_ranking(root, library)
+    if not names:
+        raise EmptyRankingError(
+            f"the ranking of library {library!r} under {root} is empty: no ranking run ended an "
+            "episode, so no candidate scored; rank again with a larger budget "
+            f"(`ldm-autorl rank {library} --budget N`)"
+        )
+    ranked = _candidates(names)
+    verify.reconcile(root, say=_warn(console))  # runs that lost shards are to do again
+    envs = list(env_ids or spec.env_ids)[:max_envs]
+    pairs = []
+    for env_id in envs:
+        pairs += compatible_pairs(spec, [env_id], ranked)[:top_n]
+    with stage_parent(
+        "reference", library, root=root, budget=budget, name=f"reference runs {library}"
+    ) as parent:
+        outcome = _submit(
+            "reference",
+            spec,
+            pairs,
+            parent=parent,
+            tags={
+                tracking.TAG_SEEDS: seeds,
+                tracking.TAG_BACKEND: [backend],
+                tracking.TAG_TOP_N: [top_n],
+            },
+            executor=executor,
+            console=console,
+            summary=f"reference runs for [bold]{library}[/]: {len(pairs)} (env, candidate) "
+            f"pairs, top {top_n} per env, budget {budget:,} transitions, recorded",
+            seeds=seeds,
+            budget=budget,
+            root=root,
+            record=True,
+            backend=backend,
+            timeout_s=timeout_s,
+            max_restarts=max_restarts,
+        )
+        parent.log_summary(_stage_metrics(outcome))  # once: a resume reopens the parent
+    return outcome
