@@ -104,6 +104,7 @@ from ldm_model.batch import Batch
 from ldm_model.model import LDM
 from ldm_model.tokenizer import (
     ACT_DIMS,
+    CODEC_TABLES,
     IMAGE_SIZE,
     OBS_DIMS,
     SpaceCodec,
@@ -168,9 +169,6 @@ def ring_decode_attention(
 
 
 AttentionInterface.register(RING_ATTENTION, ring_decode_attention)
-
-#: The per-env `SpaceCodec` tables a `Batch` carries.
-_TABLES = ("obs_mask", "obs_discrete", "act_mask", "act_discrete", "act_low", "act_high")
 
 
 class _Ring:
@@ -390,7 +388,7 @@ class LDMPolicy:
 
     def _env_tables(self) -> dict[str, torch.Tensor]:
         """Per-env rows of the codec tables, as the `(B, ...)` fields of a `Batch`."""
-        stack = {name: np.stack([getattr(c, name) for c in self.codecs]) for name in _TABLES}
+        stack = {name: np.stack([getattr(c, name) for c in self.codecs]) for name in CODEC_TABLES}
         tables = {k: torch.from_numpy(v).to(self.device) for k, v in stack.items()}
         tables["has_image"] = torch.tensor(
             [c.image_shape is not None for c in self.codecs], device=self.device
