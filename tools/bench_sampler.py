@@ -47,7 +47,7 @@ from ldm_envs.dataset import ShardMeta, ShardWriter, write_decision, write_index
 from ldm_envs.spaces import BoxSpace, DiscreteSpace
 from ldm_model.batch import Batch
 from ldm_model.data import WindowSampler, make_loader
-from ldm_model.data.windows import _resize_into
+from ldm_model.data.fill import resize_into as _resize_into
 from ldm_model.tokenizer import ACT_DIMS, IMAGE_SIZE, OBS_DIMS
 
 MiB = 1024 * 1024

@@ -32,6 +32,7 @@ _EXPORTS = {
     "stratified_bootstrap_ci": "ldm_eval.aggregate",
     "fraction_at_least": "ldm_eval.aggregate",
     "CheckpointInfo": "ldm_eval.checkpoint",
+    "CheckpointProvenance": "ldm_eval.checkpoint",
     "read_checkpoint": "ldm_eval.checkpoint",
     "EvalRunDir": "ldm_eval.results",
     "EvalManifest": "ldm_eval.results",

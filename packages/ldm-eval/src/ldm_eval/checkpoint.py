@@ -8,7 +8,11 @@ come from, and which MLflow run the evaluation links to.
 
 A run folder names its newest *valid* checkpoint: corrupt newer ones are skipped, and said so
 (`read_checkpoint`'s `report`), so a damaged last checkpoint does not stop the evaluation. The
-evaluation then loads exactly the folder recorded in `CheckpointInfo.path`.
+evaluation then loads exactly the folder recorded in `CheckpointProvenance.path`.
+
+`CheckpointProvenance` was called `CheckpointInfo` until ldm-model's record of
+`checkpoint.json` took that name for good (`ldm_model.training.checkpoint.CheckpointInfo`, a
+different class); the old name stays an alias of this one for one release.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from pydantic import BaseModel
 
 from ldm_eval.protocol import EnvTarget
 
-__all__ = ["CheckpointInfo", "read_checkpoint"]
+__all__ = ["CheckpointInfo", "CheckpointProvenance", "read_checkpoint"]
 
 
-class CheckpointInfo(BaseModel):
+class CheckpointProvenance(BaseModel):
     """A checkpoint's provenance as the evaluation uses it.
 
     Attributes:
@@ -46,7 +50,7 @@ class CheckpointInfo(BaseModel):
 
 def read_checkpoint(
     path: str | Path, *, report: Callable[[str], None] | None = None
-) -> CheckpointInfo:
+) -> CheckpointProvenance:
     """Read a checkpoint's provenance (not its weights) from its `checkpoint.json`.
 
     Args:
@@ -64,9 +68,13 @@ def read_checkpoint(
 
     folder = valid_checkpoint(path, report=report)
     info = read_info(folder)
-    return CheckpointInfo(
+    return CheckpointProvenance(
         path=folder,
         run_id=info.mlflow_run_id,
         dataset_root=Path(info.dataset.root),
         envs=[EnvTarget(library=e.library, env_id=e.env_id) for e in info.dataset.envs],
     )
+
+
+#: The old name, for one release (it clashed with ldm-model's `CheckpointInfo`).
+CheckpointInfo = CheckpointProvenance

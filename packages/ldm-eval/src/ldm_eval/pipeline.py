@@ -33,7 +33,7 @@ from ldm_envs.dataset.index import RUNS_SCHEMA, read_index
 from ldm_envs.paths import data_home
 from ldm_envs.paths import dataset_root as default_dataset_root
 from ldm_envs.plugins import get_library
-from ldm_eval.checkpoint import CheckpointInfo
+from ldm_eval.checkpoint import CheckpointProvenance
 from ldm_eval.normalize import REFERENCE_RULE, REFERENCE_SCHEMA, reference_runs
 from ldm_eval.plots import figure_png, figures
 from ldm_eval.policies import PolicyFactory
@@ -62,7 +62,7 @@ TAG_PARTIAL = "ldm.eval.partial"
 
 
 def plan_envs(
-    checkpoint: CheckpointInfo | None,
+    checkpoint: CheckpointProvenance | None,
     libraries: Sequence[str] | None = None,
     env_ids: Sequence[str] | None = None,
 ) -> tuple[list[PlannedEnv], list[str]]:
@@ -146,7 +146,7 @@ def plan_envs(
 
 
 def eval_key(
-    checkpoint: CheckpointInfo | None,
+    checkpoint: CheckpointProvenance | None,
     envs: Sequence[PlannedEnv],
     policies: Sequence[str],
     config: EvalConfig,
@@ -212,7 +212,7 @@ def _done_keys(rollouts: pl.DataFrame) -> tuple[set[RolloutKey], dict[RolloutKey
 def _maybe_tracked(
     track: bool,
     manifest: EvalManifest,
-    checkpoint: CheckpointInfo | None,
+    checkpoint: CheckpointProvenance | None,
     resume: bool,
 ) -> Iterator[tracking.RunHandle | None]:
     if not track:
@@ -252,7 +252,7 @@ def evaluate(
     config: EvalConfig,
     *,
     out_dir: Path | None = None,
-    checkpoint: CheckpointInfo | None = None,
+    checkpoint: CheckpointProvenance | None = None,
     dataset_root: Path | None = None,
     warnings: Sequence[str] = (),
     track: bool = True,

@@ -251,7 +251,7 @@ class TrainingEvaluator:
     def _plan(self, state: TrainingState) -> tuple[list[EnvTarget], pl.DataFrame, list[str]]:
         """The envs to evaluate (scoreable ones), their references, notes on the others."""
         from ldm_envs.dataset.index import read_index
-        from ldm_eval.checkpoint import CheckpointInfo
+        from ldm_eval.checkpoint import CheckpointProvenance
         from ldm_eval.normalize import reference_runs
         from ldm_eval.pipeline import plan_envs
 
@@ -261,7 +261,7 @@ class TrainingEvaluator:
             notes: list[str] = []
         else:
             trained = [EnvTarget(library=e.library, env_id=e.env_id) for e in state.dataset.envs]
-            info = CheckpointInfo(path=state.out, dataset_root=root, envs=trained)
+            info = CheckpointProvenance(path=state.out, dataset_root=root, envs=trained)
             planned, notes = plan_envs(info)
             pairs = [(p.library, p.env_id) for p in planned]
         self.planned = len(pairs)

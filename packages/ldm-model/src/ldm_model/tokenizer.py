@@ -106,6 +106,10 @@ def _allowed_bins(low: np.ndarray, high: np.ndarray, n_bins: int) -> tuple[np.nd
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
+#: The per-env tables of a `SpaceCodec` that a `Batch` carries (same names in both).
+CODEC_TABLES = ("obs_mask", "obs_discrete", "act_mask", "act_discrete", "act_low", "act_high")
+
+
 @dataclass(frozen=True)
 class SpaceCodec:
     """How one env's observations and actions map onto the model's padded, typed dims.

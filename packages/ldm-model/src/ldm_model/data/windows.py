@@ -27,40 +27,46 @@ cores, memory bounded by the batch):
 - What is read is checked: `ShardReader` recomputes a record batch's CRC-32s the first time
   it hands the batch out, and the sampler remembers what was checked across reopenings of a
   shard, so each batch is checked once per process (DataLoader workers check their own reads).
-  A corrupt shard
-  is quarantined and sampling stops naming it (`ldm_model.data.integrity`); measured cost in
-  the README (`tools/bench_shard_checks.py`).
+  A corrupt shard is quarantined and sampling stops naming it (`ldm_model.data.integrity`);
+  measured cost in the README (`tools/bench_shard_checks.py`).
 - Everything random is drawn up front from `np.random.default_rng([seed, step])` for the whole
   global batch, so a batch is a pure function of `(seed, step)`: DDP ranks build their own share
   of the same global batch, DataLoader workers need no seeding, and a resumed run sees the
   batches an uninterrupted one would have seen.
+
+This module selects the runs and draws the windows; the row copy is `data.fill`, the unpadded
+batch `data.packed`, and the run probabilities of each `weighting` `data.weighting`.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
-import math
 import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
-import torch
 
 from ldm_envs.dataset import CorruptShardError, ShardReader, read_index
 from ldm_envs.paths import dataset_root
 from ldm_envs.spaces import space_from_dict
-from ldm_model.batch import Batch, ImageGroup
+from ldm_model.batch import Batch
+from ldm_model.data.fill import OpenShard, fill_window, layout_of, raw_image
 from ldm_model.data.integrity import corrupt_shard, missing_shard, stale_shard
-from ldm_model.tokenizer import ACT_DIMS, IMAGE_SIZE, OBS_DIMS, SpaceCodec, TokenizationError
-
-Weighting = Literal["transitions", "env", "library"]
-WEIGHTINGS: tuple[str, ...] = ("transitions", "env", "library")
+from ldm_model.data.packed import PackedBatch, RawImages
+from ldm_model.data.weighting import WEIGHTINGS, Weighting, run_probabilities
+from ldm_model.tokenizer import (
+    ACT_DIMS,
+    CODEC_TABLES,
+    IMAGE_SIZE,
+    OBS_DIMS,
+    SpaceCodec,
+    TokenizationError,
+)
 
 #: Schema of `WindowSampler.envs`.
 ENVS_SCHEMA: dict[str, pl.DataType] = {
@@ -72,9 +78,6 @@ ENVS_SCHEMA: dict[str, pl.DataType] = {
     "weight": pl.Float64(),
 }
 
-#: Per-window tables copied from the codec (name in `Batch` -> codec attribute).
-_TABLES = ("obs_mask", "obs_discrete", "act_mask", "act_discrete", "act_low", "act_high")
-
 
 @dataclass(frozen=True)
 class Draw:
@@ -84,201 +87,6 @@ class Draw:
     runs: np.ndarray
     #: int64 (B,): first row of each window in its shard.
     starts: np.ndarray
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What the copy loop needs of a codec, computed once (not per window)."""
-
-    obs_dims: int
-    act_dims: int
-    #: float32 (obs_dims,) to subtract, or None when every start is 0 (Box: a plain copy).
-    obs_start: np.ndarray | None
-    #: int64 (act_dims,) to subtract, or None when every start is 0.
-    act_start: np.ndarray | None
-    #: images only: source rows, columns and channels (None: all three) of the resized image
-    #: (`resize_images`'s nearest neighbour); None when the image is already 64x64x3.
-    image_resize: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None
-
-
-def _layout(codec: SpaceCodec) -> _Layout:
-    resize = None
-    if codec.image_shape is not None and codec.image_shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        h, w, c = codec.image_shape
-        rows = (np.arange(IMAGE_SIZE) * h // IMAGE_SIZE).astype(np.intp)
-        cols = (np.arange(IMAGE_SIZE) * w // IMAGE_SIZE).astype(np.intp)
-        chans = None if c == 3 else (np.arange(3) % c).astype(np.intp)
-        resize = (rows, cols, chans)
-    obs_start = codec.obs_start if codec.obs_start.any() else None
-    act_start = codec.act_start if codec.act_start.any() else None
-    return _Layout(codec.obs_dims, codec.act_dims, obs_start, act_start, resize)
-
-
-def _raw_image(shape: tuple[int, ...]) -> bool:
-    """Images of fewer bytes than 64x64x3 travel at their stored size (resized by the model)."""
-    return math.prod(shape) < IMAGE_SIZE * IMAGE_SIZE * 3
-
-
-def _resize_into(
-    src: np.ndarray,
-    resize: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None,
-    out: np.ndarray,
-) -> None:
-    """`out[:] = resize_images(src)` without a temporary of the output's size.
-
-    Columns and channels first (a small array), then rows: the last gather copies whole
-    64x3-byte rows, where one gather of every pixel would copy byte by byte (~10x slower).
-    """
-    if resize is None:
-        np.copyto(out, src)
-        return
-    rows, cols, chans = resize
-    narrow = np.take(src, cols, axis=2)  # (n, h, 64, c)
-    if chans is not None:
-        narrow = narrow[..., chans]
-    np.take(narrow, rows, axis=1, out=out, mode="clip")
-
-
-class _OpenShard:
-    """A reader plus flat views of its record batches, made on first use.
-
-    Lazy because a shard opens whenever the LRU of open shards missed, and making the views of
-    every record batch of a long run up front costs more than opening the reader.
-    """
-
-    __slots__ = ("ends", "pieces", "reader", "starts")
-
-    def __init__(self, reader: ShardReader) -> None:
-        self.reader = reader
-        starts = getattr(reader, "_starts", None)  # first row of each record batch
-        if not isinstance(starts, list):  # pragma: no cover - the reader changed: walk it
-            starts = [first for first, _ in reader.batches()]
-        self.starts: list[int] = starts
-        self.ends: list[int] = [*starts[1:], reader.num_rows]
-        self.pieces: dict[int, tuple[np.ndarray, ...]] = {}
-
-    def piece(self, k: int) -> tuple[np.ndarray, ...]:
-        """Views of record batch `k` (obs, raw obs, action, ref_action, reward, flags).
-
-        obs, action and ref_action are flattened to (rows, dims); raw obs keeps its shape.
-        """
-        views = self.pieces.get(k)
-        if views is None:
-            first, end = self.starts[k], self.ends[k]
-            cols = self.reader.rows(first, end)  # one record batch: views of the map
-            n = end - first
-            views = (
-                cols["obs"].reshape(n, -1),
-                cols["obs"],
-                cols["action"].reshape(n, -1),
-                cols["ref_action"].reshape(n, -1),
-                cols["reward"],
-                cols["terminated"],
-                cols["truncated"],
-            )
-            self.pieces[k] = views
-        return views
-
-    def close(self) -> None:
-        self.pieces = {}
-        self.reader.close()
-
-
-@dataclass
-class RawImages:
-    """Image windows of one stored shape at that size: `ImageGroup` of the `Batch`."""
-
-    #: int64 (k,): the windows (rows of the batch) they belong to, ascending.
-    windows: np.ndarray
-    #: uint8 (k, T, H, W, C), zero on padding.
-    images: np.ndarray
-
-
-@dataclass
-class PackedBatch:
-    """A batch as numpy arrays, before the padding that `to_batch` adds.
-
-    Observation and action widths are `OBS_DIMS`/`ACT_DIMS` (then `to_batch` copies nothing)
-    or, compact, those of the widest env of the batch. Compact is what crosses from a
-    DataLoader worker to the trainer's process: a padded CartPole batch is ~25x the bytes.
-    Image windows smaller than 64x64x3 stay at their stored size (`raw_images`, one per shape)
-    in every case: `to_batch` hands them over as `ImageGroup`s, the model resizes them.
-    """
-
-    obs: np.ndarray  # float32 (B, T, width)
-    prev_action: np.ndarray  # float32 (B, T, width)
-    target: np.ndarray  # float32 (B, T, width)
-    prev_reward: np.ndarray  # float32 (B, T)
-    prev_done: np.ndarray  # bool (B, T)
-    lengths: np.ndarray  # int64 (B,): real positions of each window (the rest is padding)
-    starts: np.ndarray  # int64 (B,): first row of each window in its shard
-    has_image: np.ndarray  # bool (B,)
-    env_index: np.ndarray  # int64 (B,)
-    tables: dict[str, np.ndarray]  # per-window codec tables, (B, OBS_DIMS) or (B, ACT_DIMS)
-    #: the batch has an `image` tensor (some window of the global batch is an image resized on
-    #: the host)
-    with_image: bool = False
-    #: uint8 (B, T, 64, 64, 3): the images resized on the host, or None (zeros if `with_image`)
-    image: np.ndarray | None = None
-    raw_images: list[RawImages] = field(default_factory=list)
-
-    def to_batch(self, *, pin_memory: bool = False) -> Batch:
-        """The `Batch`: pad to 128/28 dims (no copy when already padded), masks from lengths.
-
-        Args:
-            pin_memory: build every tensor in pinned memory, written in place (no second
-                copy as `Batch.pin_memory()` would make). Needs CUDA.
-        """
-        b, t = self.prev_reward.shape
-        position = np.arange(t)
-        loss_mask = position[None, :] < self.lengths[:, None]
-        prev_valid = loss_mask & ((position[None, :] > 0) | (self.starts[:, None] > 0))
-
-        def zeros(shape: tuple[int, ...], dtype: np.dtype) -> tuple[torch.Tensor, np.ndarray]:
-            if pin_memory:
-                # the caching host allocator hands back pinned blocks: no page faults
-                pinned = torch.zeros(shape, dtype=_TORCH[np.dtype(dtype)], pin_memory=True)
-                return pinned, pinned.numpy()
-            # numpy, not torch.zeros: numpy asks for huge pages, and 4 KiB page faults cost
-            # 5x the copy on large batches
-            out = np.zeros(shape, dtype)
-            return torch.from_numpy(out), out
-
-        def tensor(array: np.ndarray, width: int | None = None) -> torch.Tensor:
-            if not pin_memory and (width is None or array.shape[-1] == width):
-                return torch.from_numpy(array)
-            shape = array.shape if width is None else (*array.shape[:-1], width)
-            out, view = zeros(shape, array.dtype)
-            view[..., : array.shape[-1]] = array
-            return out
-
-        image: torch.Tensor | None = None
-        if self.image is not None:
-            image = tensor(self.image)
-        elif self.with_image:
-            image, _ = zeros((b, t, IMAGE_SIZE, IMAGE_SIZE, 3), np.dtype(np.uint8))
-        return Batch(
-            obs=tensor(self.obs, OBS_DIMS),
-            prev_action=tensor(self.prev_action, ACT_DIMS),
-            prev_reward=tensor(self.prev_reward),
-            prev_done=tensor(self.prev_done),
-            prev_valid=tensor(prev_valid),
-            target=tensor(self.target, ACT_DIMS),
-            loss_mask=tensor(loss_mask),
-            image=image,
-            has_image=tensor(self.has_image),
-            env_index=tensor(self.env_index),
-            **{name: tensor(value) for name, value in self.tables.items()},
-            image_groups=[ImageGroup(tensor(g.windows), tensor(g.images)) for g in self.raw_images],
-        )
-
-
-_TORCH = {
-    np.dtype(np.float32): torch.float32,
-    np.dtype(np.bool_): torch.bool,
-    np.dtype(np.int64): torch.int64,
-    np.dtype(np.uint8): torch.uint8,
-}
 
 
 class WindowSampler:
@@ -345,7 +153,7 @@ class WindowSampler:
         self.check_shards = bool(check_shards)
         #: (record batch, column) pairs checked, per file identity: survives LRU reopenings
         self._checks: dict[tuple[int, int, int, int], set[tuple[int, str]]] = {}
-        self._open: OrderedDict[int, _OpenShard] = OrderedDict()
+        self._open: OrderedDict[int, OpenShard] = OrderedDict()
         runs, _ = read_index(self.root)
         runs = self._select(runs, libraries, env_ids)
         self._setup(runs)
@@ -445,17 +253,7 @@ class WindowSampler:
         self._run_codec = np.array([r["codec"] for r in kept_runs], np.int64)
         self._env_codec = np.zeros(envs.height, np.int64)
         self._env_codec[self._run_env] = self._run_codec
-        # probability of each run per window
-        env_rows = envs["transitions"].to_numpy()[self._run_env].astype(np.float64)
-        if self.weighting == "transitions":
-            prob = self._rows / self._rows.sum()
-        else:
-            share = np.full(envs.height, 1.0 / envs.height)
-            if self.weighting == "library":
-                libs = envs["library"].to_numpy()
-                names, lib_of, per_lib = np.unique(libs, return_inverse=True, return_counts=True)
-                share = 1.0 / (len(names) * per_lib[lib_of])
-            prob = share[self._run_env] * self._rows / env_rows
+        prob = run_probabilities(self.weighting, envs, self._run_env, self._rows)
         cdf = np.cumsum(prob)
         cdf[-1] = 1.0  # rng.random() < 1: the last run ends the search
         self._cdf = cdf
@@ -463,14 +261,14 @@ class WindowSampler:
         self.envs: pl.DataFrame = envs.with_columns(pl.Series("weight", weight)).select(
             list(ENVS_SCHEMA)
         )
-        self._layouts = [_layout(c) for c in self._codecs]
+        self._layouts = [layout_of(c) for c in self._codecs]
         self._tables = {
-            name: np.stack([getattr(c, name) for c in self._codecs]) for name in _TABLES
+            name: np.stack([getattr(c, name) for c in self._codecs]) for name in CODEC_TABLES
         }
         self._codec_image = np.array([c.image_shape is not None for c in self._codecs])
         #: images resized on the host into `Batch.image` (the others travel at stored size)
         self._codec_full_image = np.array(
-            [c.image_shape is not None and not _raw_image(c.image_shape) for c in self._codecs]
+            [c.image_shape is not None and not raw_image(c.image_shape) for c in self._codecs]
         )
         self._obs_dims = np.array([c.obs_dims for c in self._codecs], np.int64)
         self._act_dims = np.array([c.act_dims for c in self._codecs], np.int64)
@@ -573,9 +371,15 @@ class WindowSampler:
         images = bool(self._codec_full_image[self._run_codec[drawn.runs]].any())
         return self._pack(drawn.runs[part], drawn.starts[part], images=images, compact=compact)
 
+    def batch_env_ids(self, step: int, batch_size: int) -> list[str]:
+        """Env id of every window of the global batch at `step` (all ranks agree on it)."""
+        drawn = self.draw(step, batch_size)
+        env_ids = self.envs["env_id"].to_list()
+        return [env_ids[int(e)] for e in self._run_env[drawn.runs]]
+
     # -- building ---------------------------------------------------------------------------
 
-    def _shard(self, run: int) -> _OpenShard:
+    def _shard(self, run: int) -> OpenShard:
         shard = self._open.get(run)
         if shard is not None:
             self._open.move_to_end(run)
@@ -591,7 +395,7 @@ class WindowSampler:
             found = f"{reader.num_rows} rows" + ("" if reader.has_ref_action else ", no ref_action")
             reader.close()
             raise stale_shard(self.root, self._paths[run], found, int(self._rows[run]))
-        shard = _OpenShard(reader)
+        shard = OpenShard(reader)
         self._open[run] = shard
         while len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)[1].close()
@@ -653,7 +457,7 @@ class WindowSampler:
                 image_dst[w] = image[w]
         for i in range(b):
             try:
-                self._fill(
+                fill_window(
                     i,
                     self._shard(int(runs[i])),
                     self._layouts[codecs[i]],
@@ -682,80 +486,11 @@ class WindowSampler:
             starts=starts,
             has_image=is_image,
             env_index=self._run_env[runs],
-            tables={name: self._tables[name][codecs] for name in _TABLES},
+            tables={name: self._tables[name][codecs] for name in CODEC_TABLES},
             with_image=images,
             image=image,
             raw_images=raw_groups,
         )
-
-    @staticmethod
-    def _fill(
-        i: int,
-        shard: _OpenShard,
-        layout: _Layout,
-        start: int,
-        n: int,
-        obs: np.ndarray,
-        prev_action: np.ndarray,
-        target: np.ndarray,
-        prev_reward: np.ndarray,
-        prev_done: np.ndarray,
-        image: np.ndarray | None,
-    ) -> None:
-        """Copy rows `[start - 1, start + n)` of `shard` into window `i` of the outputs.
-
-        Position `p` holds row `start + p` (obs, target) and row `start + p - 1` (prev_*),
-        one record batch at a time: a window spanning batches is never concatenated first.
-        `image` is this window's image destination: `(T, 64, 64, 3)` (resized into) or
-        `(T, H, W, C)` (copied into), None for a vector env.
-        """
-        stop = start + n
-        lo = max(start - 1, 0)
-        k = bisect.bisect_right(shard.starts, lo) - 1
-        d, a = layout.obs_dims, layout.act_dims
-        # slice assignment rather than np.copyto: a third of the call overhead, which is what
-        # a window of 64 rows costs (the assignment casts like casting="unsafe")
-        while True:
-            first, end = shard.starts[k], shard.ends[k]
-            x, raw, act, ref, rew, term, trunc = shard.piece(k)
-            # this rows: [max(start, first), min(stop, end)) -> positions from row - start
-            r0, r1 = max(start, first), min(stop, end)
-            if r1 > r0:
-                p0, p1, s0, s1 = r0 - start, r1 - start, r0 - first, r1 - first
-                if d:
-                    if layout.obs_start is None:
-                        obs[i, p0:p1, :d] = x[s0:s1]
-                    else:
-                        np.subtract(x[s0:s1], layout.obs_start, out=obs[i, p0:p1, :d])
-                if image is not None:
-                    if image.shape[1:] == raw.shape[1:]:
-                        image[p0:p1] = raw[s0:s1]
-                    else:
-                        _resize_into(raw[s0:s1], layout.image_resize, image[p0:p1])
-                if layout.act_start is None:
-                    target[i, p0:p1, :a] = ref[s0:s1]
-                else:
-                    np.subtract(
-                        ref[s0:s1], layout.act_start, out=target[i, p0:p1, :a], casting="unsafe"
-                    )
-            # previous rows: [max(start - 1, first), min(stop - 1, end)) -> positions + 1
-            q0, q1 = max(lo, first), min(stop - 1, end)
-            if q1 > q0:
-                p0, p1, s0, s1 = q0 - start + 1, q1 - start + 1, q0 - first, q1 - first
-                if layout.act_start is None:
-                    prev_action[i, p0:p1, :a] = act[s0:s1]
-                else:
-                    np.subtract(
-                        act[s0:s1],
-                        layout.act_start,
-                        out=prev_action[i, p0:p1, :a],
-                        casting="unsafe",
-                    )
-                prev_reward[i, p0:p1] = rew[s0:s1]
-                np.logical_or(term[s0:s1], trunc[s0:s1], out=prev_done[i, p0:p1])
-            if end >= stop:
-                return
-            k += 1
 
     # -- life cycle -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ whenever ldm-eval is installed without this package importing it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -27,6 +27,8 @@ from ldm_envs.plugins import load_entry_point
 from ldm_model.errors import CallbackPluginError
 
 if TYPE_CHECKING:
+    import torch
+
     from ldm_envs.tracking import RunHandle
     from ldm_model.model import LDM
     from ldm_model.training.checkpoint import DatasetInfo
@@ -37,6 +39,7 @@ __all__ = [
     "CallbackPluginError",
     "TrainerCallback",
     "TrainingState",
+    "call_hook",
     "discover_callbacks",
 ]
 
@@ -128,3 +131,26 @@ def discover_callbacks(
             + (f": {why}" if why else "; install ldm-eval (it registers the evaluator)")
         )
     return found
+
+
+def call_hook(
+    callbacks: Sequence[TrainerCallback],
+    hook: str,
+    state: TrainingState,
+    *,
+    device: torch.device,
+    log: Callable[[Mapping[str, float]], None],
+) -> None:
+    """Call `hook` of every callback with `state`; `log` what `on_eval_step` returns.
+
+    Under a forked RNG: whatever a callback draws (an evaluation's rollouts), the training's
+    own draws stay those of a run without callbacks.
+    """
+    import torch
+
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        for callback in callbacks:
+            metrics = getattr(callback, hook)(state)
+            if hook == "on_eval_step" and metrics:
+                log(metrics)

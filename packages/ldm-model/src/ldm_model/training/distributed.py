@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,19 @@ def shutdown_distributed(ctx: DistContext) -> None:
             dist.destroy_process_group()
 
 
+def wrap_ddp(module: nn.Module, ctx: DistContext, *, find_unused_parameters: bool) -> nn.Module:
+    """`module` under DDP in a world of several processes; `module` itself in a world of one."""
+    if ctx.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(
+        module,
+        device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
 @contextlib.contextmanager
 def distributed(device: str = "auto") -> Iterator[DistContext]:
     """`init_distributed` for the duration of a block."""
@@ -132,4 +146,5 @@ __all__ = [
     "init_distributed",
     "pick_device",
     "shutdown_distributed",
+    "wrap_ddp",
 ]

@@ -23,67 +23,70 @@ What the loop guarantees, and how:
   `NonFiniteLossError` with the step and the env ids of the batch's windows before the
   optimizer touches the weights; the MLflow run ends FAILED with the error in `ldm.error`.
 
-The loss itself is computed here rather than through `LDM.loss`: the decoder's 28 x 1024
-logits per transition dominate the cost of a small model, and most envs have one to a few real
-action dims, so only the rows of the decoder for the dims that are real somewhere in the batch
-are applied (the same numbers as `LDM.loss`, a test checks it, at a fraction of the work).
+The pieces live beside it: the loss and AdamW in `training.loss`, resuming in
+`training.resume`, `metrics.jsonl` and the progress bar in `training.metrics`, MLflow in
+`training.tracking`, DDP set-up in `training.distributed`, checkpoints in `training.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from ldm_model.batch import Batch
 from ldm_model.errors import NonFiniteLossError, ResumeError, TrainingError
 from ldm_model.model import LDM
 from ldm_model.tokenizer import TokenizationError
-from ldm_model.training.callbacks import CallbackPluginError, TrainingState, discover_callbacks
+from ldm_model.training.callbacks import (
+    CallbackPluginError,
+    TrainingState,
+    call_hook,
+    discover_callbacks,
+)
 from ldm_model.training.checkpoint import (
     CHECKPOINTS_DIR,
-    CheckpointConfigError,
-    CheckpointError,
-    CheckpointFallbackWarning,
-    DatasetInfo,
-    check_model_config,
     dataset_info,
-    index_files,
-    latest_checkpoint,
-    load_checkpoint,
-    optimizer_param_names,
-    read_info,
     save_checkpoint,
     step_dir_name,
-    valid_checkpoint,
 )
-from ldm_model.training.config import EXECUTION_FIELDS, TrainConfig
-from ldm_model.training.distributed import DistContext, init_distributed, shutdown_distributed
+from ldm_model.training.config import TrainConfig
+from ldm_model.training.distributed import (
+    DistContext,
+    init_distributed,
+    shutdown_distributed,
+    wrap_ddp,
+)
+from ldm_model.training.loss import LossTerms, make_optimizer
+from ldm_model.training.metrics import (
+    LOSS_CURVE_FILE,
+    METRICS_FILE,
+    MetricsAccumulator,
+    StepProgress,
+    append_metrics,
+    loss_curve_figure,
+    read_metrics,
+    truncate_metrics,
+)
+from ldm_model.training.resume import (
+    check_resumable,
+    default_out,
+    load_resume_state,
+    resume_notice,
+)
+from ldm_model.training.tracking import TrainTracking
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from ldm_envs.tracking import RunHandle
-    from ldm_model.data.windows import WindowSampler
     from ldm_model.training.callbacks import TrainerCallback
-
-METRICS_FILE = "metrics.jsonl"
-LOSS_CURVE_FILE = "loss_curve.png"
-TAG_CHECKPOINT = "ldm.checkpoint"
-TAG_DATASET = "ldm.dataset"
-TAG_INDEX_SHA = "ldm.dataset.index_sha256"
-TAG_ERROR = "ldm.error"
-TAG_PAUSED = "ldm.paused_at_step"
-
 
 # --------------------------------------------------------------------------------------------
 # Errors and results
@@ -123,210 +126,12 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------------------------
-# The loss
-
-
-class LossTerms(nn.Module):
-    """`LDM` plus its loss as one forward pass, so DDP sees the whole computation.
-
-    `forward(batch)` returns float32 scalars `(ce_sum, hits, count)`: the cross-entropy summed
-    over real (step, action dim) pairs, how many of them the masked argmax gets right, and
-    their number.
-    """
-
-    def __init__(self, ldm: LDM) -> None:
-        super().__init__()
-        self.ldm = ldm
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.ldm.loss_terms(batch)
-
-
-def _param_groups(ldm: LDM, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on linear and conv weights only (see `training.config`)."""
-    decay, rest = [], []
-    for module in ldm.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad:
-                continue
-            if name == "weight" and isinstance(module, (nn.Linear, nn.Conv2d)):
-                decay.append(p)
-            else:
-                rest.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": rest, "weight_decay": 0.0},
-    ]
-
-
-# --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def default_out(config: TrainConfig) -> Path:
-    """`<data_home>/models/<model>-<hash>`: the same command (steps apart) finds its run."""
-    import hashlib
-
-    from ldm_envs.paths import data_home
-
-    blob = json.dumps(config.identity(with_steps=False), sort_keys=True)
-    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
-    return data_home() / "models" / f"{config.resolved_model().name}-{digest}"
 
 
 @contextlib.contextmanager
 def _nothing() -> Iterator[None]:
     yield
-
-
-def _batch_env_ids(sampler: WindowSampler, step: int, batch_size: int) -> list[str]:
-    """Env id of every window of the global batch at `step` (all ranks agree on it)."""
-    drawn = sampler.draw(step, batch_size)
-    env_ids = sampler.envs["env_id"].to_list()
-    runs_env = sampler.run_envs[drawn.runs]
-    return [env_ids[int(e)] for e in runs_env]
-
-
-def read_metrics(out: Path) -> list[dict[str, float]]:
-    """The records of `out/metrics.jsonl` (one per logged step)."""
-    path = Path(out) / METRICS_FILE
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            with contextlib.suppress(ValueError):
-                records.append(json.loads(line))
-    return records
-
-
-def _truncate_metrics(out: Path, step: int) -> None:
-    """Forget records past `step` (they will be logged again by the resumed run)."""
-    path = Path(out) / METRICS_FILE
-    if not path.is_file():
-        return
-    kept = [r for r in read_metrics(out) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(path)
-
-
-def loss_curve_figure(records: list[dict[str, float]], title: str) -> Any:
-    """Loss (log scale) and accuracy against step."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
-    steps = [r["step"] for r in records]
-    if records:
-        ax.plot(steps, [r["loss"] for r in records], color="tab:blue", lw=1.2, label="loss")
-        ax.set_yscale("log")
-        acc = ax.twinx()
-        acc.plot(
-            steps, [r["accuracy"] for r in records], color="tab:orange", lw=1.0, label="accuracy"
-        )
-        acc.set_ylim(0, 1)
-        acc.set_ylabel("accuracy")
-        lines = ax.get_lines() + acc.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], loc="center right")
-    else:
-        ax.text(0.5, 0.5, "no step logged", ha="center", va="center", transform=ax.transAxes)
-    ax.set_title(title)
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.grid(alpha=0.3)
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
-# MLflow (rank 0)
-
-
-class _Tracking:
-    """The MLflow side of a run; every method is a no-op when tracking is off."""
-
-    def __init__(self, config: TrainConfig, enabled: bool) -> None:
-        self.config = config
-        self.enabled = enabled
-        self.handle: RunHandle | None = None
-
-    @contextlib.contextmanager
-    def run(
-        self, *, dataset: DatasetInfo, num_parameters: int, out: Path, ctx: DistContext
-    ) -> Iterator[_Tracking]:
-        if not self.enabled:
-            yield self
-            return
-        from ldm_envs import tracking
-
-        config = self.config
-        model = config.resolved_model()
-        # how the run is carried out may change on resume: tags, not (immutable) params
-        params = {k: v for k, v in config.flat_params().items() if k not in EXECUTION_FIELDS}
-        params["num_parameters"] = num_parameters
-        # the dataset may change under --allow-data-change: tags, which may change
-        tags = {
-            "ldm.dataset.envs": str(len(dataset.envs)),
-            "ldm.dataset.transitions": str(dataset.transitions),
-            "ldm.model": model.name,
-            TAG_DATASET: dataset.root,
-            TAG_INDEX_SHA: dataset.index_sha256 or "",
-            "ldm.dataset.runs_sha256": dataset.runs_sha256,
-            "ldm.out": str(out),
-            "ldm.world_size": str(ctx.world),
-            "ldm.device": str(ctx.device),
-        }
-        name = f"{model.name}-{config.library_label()}-{config.run_key()[-8:]}"
-        with tracking.tracked_run(
-            "model",
-            config.library_label(),
-            config.run_key(),
-            name=name,
-            tags=tags,
-            params=params,
-        ) as handle:
-            self.handle = handle
-            if handle.resumed:
-                self._clear_tags(TAG_ERROR, TAG_PAUSED)
-            yield self
-
-    @property
-    def run_id(self) -> str | None:
-        return self.handle.run_id if self.handle else None
-
-    def _clear_tags(self, *keys: str) -> None:
-        from mlflow.tracking import MlflowClient
-
-        from ldm_envs.tracking import tracking_uri
-
-        if self.handle is None:
-            return
-        client = MlflowClient(tracking_uri())
-        have = client.get_run(self.handle.run_id).data.tags
-        for key in keys:
-            if key in have:
-                with contextlib.suppress(Exception):
-                    client.delete_tag(self.handle.run_id, key)
-
-    def log(self, record: dict[str, float]) -> None:
-        if self.handle is not None:
-            metrics = {k: v for k, v in record.items() if k != "step"}
-            self.handle.log_metrics(metrics, step=int(record["step"]))
-
-    def checkpoint(self, path: Path) -> None:
-        if self.handle is not None:
-            self.handle.set_tags({TAG_CHECKPOINT: str(path)})
-
-    def finish(self, out: Path, checkpoint: Path, dataset: DatasetInfo) -> None:
-        if self.handle is None:
-            return
-        records = read_metrics(out)
-        fig = loss_curve_figure(records, f"{self.config.resolved_model().name}: training loss")
-        self.handle.log_figure(fig, LOSS_CURVE_FILE)
-        self.handle.log_artifact(checkpoint, "checkpoint")
-        for file in index_files(Path(dataset.root)):
-            self.handle.log_artifact(file, "dataset_index")
-        self.handle.set_tags({TAG_CHECKPOINT: str(checkpoint)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,90 +199,40 @@ class Trainer:
         # fed with inputs_embeds: the backbone's token table never gets a gradient
         self.ldm.backbone.embed_tokens.weight.requires_grad_(False)
         self.ldm.to(self.device)
-        self.optimizer = torch.optim.AdamW(
-            _param_groups(self.ldm, config.weight_decay),
-            lr=config.lr,
-            betas=config.betas,
-            eps=config.eps,
-            foreach=None,
-        )
+        self.optimizer = make_optimizer(self.ldm, config)
         self.start_step = 0
         self.transitions = 0
         self._resume()
-        self.module: nn.Module = LossTerms(self.ldm)
-        if ctx.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            if not self.has_images:
-                # never used without images: DDP must not wait for its gradients
-                self.ldm.image_encoder.requires_grad_(False)
-            self.module = DDP(
-                self.module,
-                device_ids=[self.device] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.has_images,
-            )
+        if ctx.world > 1 and not self.has_images:
+            # never used without images: DDP must not wait for its gradients
+            self.ldm.image_encoder.requires_grad_(False)
+        self.module = wrap_ddp(LossTerms(self.ldm), ctx, find_unused_parameters=self.has_images)
         self.params = [p for p in self.ldm.parameters() if p.requires_grad]
 
     # -- resume -------------------------------------------------------------------------------
 
     def _check_resumable(self, allow_data_change: bool) -> None:
-        """Refuse, before building anything, a run folder this command cannot continue.
-
-        Resumes from the newest *valid* checkpoint: newer ones that are corrupt (checked by
-        their recorded hashes) are skipped, and the console (else a warning) says which.
-        """
-        self.resumed_from: Path | None = None
-        if latest_checkpoint(self.out) is None:
-            return
-        try:
-            latest = valid_checkpoint(self.out, report=self._fallback_notice)
-            self.resumed_from = latest
-            info = read_info(latest)
-            check_model_config(latest, info.model, self.model_config)
-        except CheckpointConfigError as exc:
-            raise ResumeError(
-                f"{exc}: rerun with the same options to resume that run, or train into "
-                "another --out"
-            ) from exc
-        except CheckpointError as exc:
-            raise ResumeError(
-                f"cannot resume the run in {self.out}: {exc}; no checkpoint of it is valid. "
-                f"Delete {self.out / CHECKPOINTS_DIR} to start over, or train into another --out"
-            ) from exc
-        diffs = info.train.resume_differences(self.config)
-        if diffs:
-            detail = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in diffs.items())
-            raise ResumeError(
-                f"{self.out} holds a run trained under other options ({detail}; last "
-                f"checkpoint {latest}): rerun with the same options to resume it, or train "
-                "into another --out"
-            )
-        if info.dataset.runs_sha256 != self.dataset.runs_sha256 and not allow_data_change:
-            raise ResumeError(
-                f"the dataset under {self.dataset.root} changed since {latest} was saved "
-                "(its sampled runs differ), so the resumed run would not see the batches of "
-                "the interrupted one; train into another --out, or pass "
-                "--allow-data-change to continue anyway"
-            )
+        """Refuse, before building anything, a run folder this command cannot continue."""
+        self.resumed_from: Path | None = check_resumable(
+            self.out,
+            config=self.config,
+            model_config=self.model_config,
+            dataset=self.dataset,
+            allow_data_change=allow_data_change,
+            report=resume_notice(self.console, is_main=self.ctx.is_main),
+        )
 
     def _resume(self) -> None:
         """Load the latest checkpoint's weights and optimizer state; agree on the step."""
         step = 0
-        latest = self.resumed_from
-        if latest is not None:
-            try:
-                # its files' hashes were checked when `_check_resumable` chose it
-                ckpt = load_checkpoint(latest, expected_config=self.model_config, verify=False)
-                ckpt.load_into(self.ldm)
-                names = optimizer_param_names(self.ldm, self.optimizer)
-                self.optimizer.load_state_dict(ckpt.optimizer_state(names))
-            except (CheckpointError, ValueError, KeyError) as exc:
-                raise ResumeError(
-                    f"cannot resume the run in {self.out}: {exc}. Delete {latest} to resume "
-                    "from the previous checkpoint, or train into another --out"
-                ) from exc
-            step = ckpt.info.step
-            self.transitions = int(ckpt.info.metrics.get("transitions", 0))
+        if self.resumed_from is not None:
+            step, self.transitions = load_resume_state(
+                self.resumed_from,
+                self.ldm,
+                self.optimizer,
+                out=self.out,
+                model_config=self.model_config,
+            )
         agreed = self.ctx.all_reduce_max(step)
         if agreed != step:
             raise ResumeError(
@@ -528,7 +283,7 @@ class Trainer:
                     ):
                         ce_sum, hits, _ = self.module(part)
                 except TokenizationError as exc:
-                    env_ids = _batch_env_ids(self.sampler, step, self.config.batch_size)
+                    env_ids = self.sampler.batch_env_ids(step, self.config.batch_size)
                     raise NonFiniteLossError(step, env_ids, f"input value ({exc})") from exc
                 (ce_sum * scale).backward()
             ce_total += ce_sum.detach().double()
@@ -538,13 +293,13 @@ class Trainer:
         loss = g_ce / denom
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            env_ids = _batch_env_ids(self.sampler, step, self.config.batch_size)
+            env_ids = self.sampler.batch_env_ids(step, self.config.batch_size)
             raise NonFiniteLossError(step, env_ids, "loss", loss)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            env_ids = _batch_env_ids(self.sampler, step, self.config.batch_size)
+            env_ids = self.sampler.batch_env_ids(step, self.config.batch_size)
             raise NonFiniteLossError(step, env_ids, "gradient norm", grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -589,7 +344,7 @@ class Trainer:
             (self.out / "train_config.json").write_text(
                 config.model_dump_json(indent=1), encoding="utf-8"
             )
-            _truncate_metrics(self.out, self.start_step)
+            truncate_metrics(self.out, self.start_step)
         if self.start_step >= config.steps:
             result.checkpoint = self.resumed_from
             self._say(
@@ -597,7 +352,7 @@ class Trainer:
                 f"{config.steps} ({self.resumed_from})"
             )
             return result
-        tracking = _Tracking(config, enabled=ctx.is_main and config.mlflow)
+        tracking = TrainTracking(config, enabled=ctx.is_main and config.mlflow)
         self._say(self._summary())
         try:
             with tracking.run(
@@ -616,9 +371,7 @@ class Trainer:
                     tracking.finish(self.out, result.checkpoint, self.dataset)
         except TrainingPaused:
             result.paused = True
-            if tracking.handle is not None:
-                tracking._clear_tags(TAG_ERROR)
-                tracking.handle.set_tags({TAG_PAUSED: str(result.step)})
+            tracking.paused(result.step)
             self._say(
                 f"[yellow]paused[/] at step {result.step} of {config.steps}; run the same "
                 "command again to resume"
@@ -631,7 +384,9 @@ class Trainer:
         )
         return result
 
-    def _loop(self, end: int, tracking: _Tracking, result: TrainResult, *, progress: bool) -> None:
+    def _loop(
+        self, end: int, tracking: TrainTracking, result: TrainResult, *, progress: bool
+    ) -> None:
         from ldm_model.data.loader import make_loader
 
         config, ctx = self.config, self.ctx
@@ -645,8 +400,8 @@ class Trainer:
             num_workers=config.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        acc = _Accumulator()
-        bar = _Progress(self.console, total=config.steps, done=self.start_step, enabled=progress)
+        acc = MetricsAccumulator()
+        bar = StepProgress(self.console, total=config.steps, done=self.start_step, enabled=progress)
         with bar:
             for step, batch in zip(range(self.start_step, end), loader, strict=True):
                 out = self.step(step, batch)
@@ -658,8 +413,7 @@ class Trainer:
                     record = acc.record(done, config.lr, self.transitions)
                     result.history.append(record)
                     if ctx.is_main:
-                        with open(self.out / METRICS_FILE, "a", encoding="utf-8") as fh:
-                            fh.write(json.dumps(record) + "\n")
+                        append_metrics(self.out, record)
                         tracking.log(record)
                     bar.update(done, record)
                 else:
@@ -691,12 +445,12 @@ class Trainer:
         self,
         hook: str,
         step: int,
-        tracking: _Tracking,
+        tracking: TrainTracking,
         result: TrainResult,
         *,
         checkpoint: Path | None = None,
     ) -> None:
-        """Call `hook` of every callback on rank 0 (RNG forked: training draws stay the same)."""
+        """Call `hook` of every callback on rank 0 (`callbacks.call_hook`)."""
         if not (self.callbacks and self.ctx.is_main):
             return
         state = TrainingState(
@@ -712,12 +466,13 @@ class Trainer:
             elapsed_s=time.perf_counter() - self._t0,
         )
         t0 = time.perf_counter()
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            for callback in self.callbacks:
-                metrics = getattr(callback, hook)(state)
-                if hook == "on_eval_step" and metrics:
-                    tracking.log({"step": step, **metrics})
+        call_hook(
+            self.callbacks,
+            hook,
+            state,
+            device=self.device,
+            log=lambda metrics: tracking.log({"step": step, **metrics}),
+        )
         if hook == "on_eval_step":
             result.eval_seconds += time.perf_counter() - t0
 
@@ -743,105 +498,6 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.ctx.is_main and self.console is not None:
             self.console.print(text)
-
-    def _fallback_notice(self, message: str) -> None:
-        """Say (rank 0 only) that the resume skips corrupt checkpoints, and which."""
-        if not self.ctx.is_main:
-            return
-        if self.console is not None:
-            self.console.print(f"[yellow]warning:[/] resuming: {message}", highlight=False)
-        else:
-            warnings.warn(f"resuming: {message}", CheckpointFallbackWarning, stacklevel=2)
-
-
-class _Accumulator:
-    """Sums of the steps since the last log record."""
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self.ce = self.hits = self.count = self.real = self.grad = 0.0
-        self.steps = 0
-        self.t0 = time.perf_counter()
-
-    def add(self, out: dict[str, float]) -> None:
-        self.ce += out["ce_sum"]
-        self.hits += out["hits"]
-        self.count += out["count"]
-        self.real += out["transitions"]
-        self.grad += out["grad_norm"]
-        self.steps += 1
-
-    def record(self, step: int, lr: float, transitions: int) -> dict[str, float]:
-        elapsed = max(time.perf_counter() - self.t0, 1e-9)
-        denom = max(self.count, 1.0)
-        rec = {
-            "step": step,
-            "loss": self.ce / denom,
-            "accuracy": self.hits / denom,
-            "lr": lr,
-            "grad_norm": self.grad / max(self.steps, 1),
-            "transitions_per_s": self.real / elapsed,
-            "transitions": float(transitions),
-        }
-        self._reset()
-        return rec
-
-
-class _Progress:
-    """A rich progress bar (steps, loss, transitions/s) on rank 0; nothing elsewhere."""
-
-    def __init__(self, console: Console | None, *, total: int, done: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        if not enabled:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TextColumn("acc {task.fields[acc]}"),
-            TextColumn("{task.fields[tps]} transitions/s"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.task = self.bar.add_task(
-            "train", total=total, completed=done, loss="-", acc="-", tps="-"
-        )
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def update(self, done: int, record: dict[str, float] | None) -> None:
-        if self.bar is None:
-            return
-        fields: dict[str, Any] = {}
-        if record is not None:
-            fields = {
-                "loss": f"{record['loss']:.4f}",
-                "acc": f"{record['accuracy']:.3f}",
-                "tps": f"{record['transitions_per_s']:,.0f}",
-            }
-        self.bar.update(self.task, completed=done, **fields)
 
 
 # --------------------------------------------------------------------------------------------
