@@ -93,7 +93,7 @@ def evaluate(
     from pydantic import ValidationError
 
     from ldm_eval.checkpoint import read_checkpoint
-    from ldm_eval.pipeline import plan_evaluation
+    from ldm_eval.plan import plan_evaluation
     from ldm_eval.protocol import EvalConfig
     from ldm_model.devices import check_device
 

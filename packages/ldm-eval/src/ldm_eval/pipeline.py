@@ -47,12 +47,10 @@ __all__ = [
     "TAG_CHECKPOINT_PATH",
     "TAG_CHECKPOINT_RUN",
     "EvalOutcome",
-    "EvalPlan",
     "eval_key",
     "evaluate",
     "log_to_mlflow",
     "plan_envs",
-    "plan_evaluation",
     "score_policies",
 ]
 
@@ -167,81 +165,6 @@ def eval_key(
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-@dataclass
-class EvalPlan:
-    """An evaluation planned but not run: its envs, policies and warnings.
-
-    `ldm-eval evaluate` and the suite's eval stage both build it with `plan_evaluation`, so
-    the two cannot drift apart.
-    """
-
-    checkpoint: CheckpointInfo | None
-    config: EvalConfig
-    envs: list[PlannedEnv]
-    policies: dict[str, PolicyFactory]
-    warnings: list[str]
-
-    @property
-    def key(self) -> str:
-        """The evaluation's key (`eval_key`): names its folder and its MLflow run."""
-        return eval_key(self.checkpoint, self.envs, list(self.policies), self.config)
-
-    def run(
-        self,
-        *,
-        out_dir: Path | None = None,
-        dataset_root: Path | None = None,
-        track: bool = True,
-        resume: bool = True,
-        n_resamples: int = 2000,
-        console: Console | None = None,
-    ) -> EvalOutcome:
-        """`evaluate` on the plan (the arguments are `evaluate`'s)."""
-        return evaluate(
-            self.envs,
-            self.policies,
-            self.config,
-            out_dir=out_dir,
-            checkpoint=self.checkpoint,
-            dataset_root=dataset_root,
-            warnings=self.warnings,
-            track=track,
-            resume=resume,
-            n_resamples=n_resamples,
-            console=console,
-        )
-
-
-def plan_evaluation(
-    checkpoint: CheckpointInfo | None,
-    config: EvalConfig,
-    *,
-    libraries: Sequence[str] | None = None,
-    env_ids: Sequence[str] | None = None,
-    random_baseline: bool = True,
-    device: str = "cpu",
-    context: int | None = None,
-    notes: Sequence[str] = (),
-) -> EvalPlan:
-    """The envs (`plan_envs`) and policies of an evaluation, as `ldm-eval evaluate` plans it.
-
-    Policies: the LDM of `checkpoint` (when given) and the random baseline seeded with
-    `config.seed`. `notes` go before `plan_envs`' warnings.
-
-    Raises:
-        LDMError, ValueError: as `plan_envs`.
-    """
-    from ldm_eval.policies import LDMPolicyFactory, RandomPolicyFactory
-
-    envs, warnings = plan_envs(checkpoint, libraries, env_ids)
-    policies: dict[str, PolicyFactory] = {}
-    if checkpoint is not None:  # the very folder `checkpoint` describes, fallback included
-        policies["ldm"] = LDMPolicyFactory(checkpoint.path, device=device, context=context)
-    if random_baseline:
-        policies["random"] = RandomPolicyFactory(config.seed)
-    return EvalPlan(checkpoint, config, envs, policies, [*notes, *warnings])
 
 
 def _library_label(envs: Sequence[PlannedEnv]) -> str:

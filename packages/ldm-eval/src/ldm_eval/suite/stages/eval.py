@@ -1,7 +1,7 @@
 """The `eval` stage: the paper's protocol on the trained checkpoint, the random baseline beside.
 
 In this process, planned and run exactly as `ldm-eval evaluate` does
-(`pipeline.plan_evaluation`, then `EvalPlan.run`): the protocol already runs every env in its
+(`plan.plan_evaluation`, then `EvalPlan.run`): the protocol already runs every env in its
 own worker processes and retries a rollout whose worker died, so the suite gains nothing from
 another process but the cost of loading the model twice. The suite only picks the envs (those
 of the suite the model trained on) and the run folder (`<suite folder>/eval/<key>`).
@@ -53,7 +53,7 @@ def run(ctx: StageContext) -> None:
     """The paper's protocol on the trained checkpoint, the random baseline beside it."""
     from ldm_envs.errors import LDMError
     from ldm_eval.checkpoint import read_checkpoint
-    from ldm_eval.pipeline import plan_evaluation
+    from ldm_eval.plan import plan_evaluation
     from ldm_model.training.checkpoint import CheckpointError
 
     suite, e = ctx.suite, ctx.suite.eval
