@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
@@ -17,6 +18,9 @@ from ldm_envs.errors import LDMEnvsError
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.paths import checks_dir
 from ldm_envs.pool import EnvPool
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class EnvCheck(BaseModel):
@@ -94,6 +98,21 @@ def check_env(
         result.problems.append(str(exc))
     result.ok = not result.problems
     return result
+
+
+def show_env_check(console: Console, res: EnvCheck) -> None:
+    """Print one env's result (and its problems) as `ldm-envs check` does.
+
+    The suite's probe stage prints through it too, so a check reads the same wherever it runs.
+    """
+    mark = "[green]ok[/]" if res.ok else "[red]FAIL[/]"
+    console.print(
+        f"  {mark} {res.env_id:<32} {res.observation:<24} {res.action:<22} "
+        f"{res.steps_per_second:>8.0f} steps/s {res.episodes:>4} episodes",
+        highlight=False,
+    )
+    for problem in res.problems:
+        console.print(f"      [red]{problem}[/]", highlight=False)
 
 
 def check_library(

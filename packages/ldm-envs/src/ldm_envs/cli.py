@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -10,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
-from ldm_envs.checker import EnvCheck, check_library, last_check
+from ldm_envs.checker import EnvCheck, check_library, last_check, show_env_check
 from ldm_envs.cli_errors import fail
 from ldm_envs.console import make_console
 from ldm_envs.errors import LDMEnvsError
@@ -248,20 +249,15 @@ def check(
     except LDMEnvsError as exc:
         _fail(exc)
 
-    def show_env(res: EnvCheck) -> None:
-        mark = "[green]ok[/]" if res.ok else "[red]FAIL[/]"
-        console.print(
-            f"  {mark} {res.env_id:<32} {res.observation:<24} {res.action:<22} "
-            f"{res.steps_per_second:>8.0f} steps/s {res.episodes:>4} episodes",
-            highlight=False,
-        )
-        for problem in res.problems:
-            console.print(f"      [red]{problem}[/]", highlight=False)
-
     console.print(f"checking [bold]{library}[/] through [bold]{backend}[/]")
     try:
         report = check_library(
-            spec, backend_obj, env_ids=env, steps=steps, num_envs=num_envs, on_env=show_env
+            spec,
+            backend_obj,
+            env_ids=env,
+            steps=steps,
+            num_envs=num_envs,
+            on_env=partial(show_env_check, console),
         )
     except LDMEnvsError as exc:
         _fail(exc)

@@ -43,6 +43,8 @@ _EXPORTS = {
     "evaluate": "ldm_eval.pipeline",
     "plan_envs": "ldm_eval.pipeline",
     "score_policies": "ldm_eval.pipeline",
+    "EvalPlan": "ldm_eval.plan",
+    "plan_evaluation": "ldm_eval.plan",
     "SizesConfig": "ldm_eval.model_sizes",
     "compare_sizes": "ldm_eval.model_sizes",
     "TrainingEvaluator": "ldm_eval.training_curve",

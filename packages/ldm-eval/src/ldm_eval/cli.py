@@ -93,9 +93,7 @@ def evaluate(
     from pydantic import ValidationError
 
     from ldm_eval.checkpoint import read_checkpoint
-    from ldm_eval.pipeline import evaluate as run_evaluation
-    from ldm_eval.pipeline import plan_envs
-    from ldm_eval.policies import LDMPolicyFactory, PolicyFactory, RandomPolicyFactory
+    from ldm_eval.plan import plan_evaluation
     from ldm_eval.protocol import EvalConfig
     from ldm_model.devices import check_device
 
@@ -120,20 +118,18 @@ def evaluate(
         info = None
         if checkpoint is not None:  # a run folder: its newest valid checkpoint, said so
             info = read_checkpoint(checkpoint, report=_warn)
-        envs, warnings = plan_envs(info, library, env)
-        policies: dict[str, PolicyFactory] = {}
-        if info is not None:  # the very folder `info` describes, fallback included
-            policies["ldm"] = LDMPolicyFactory(info.path, device=device, context=context)
-        if random_baseline:
-            policies["random"] = RandomPolicyFactory(seed)
-        outcome = run_evaluation(
-            envs,
-            policies,
+        plan = plan_evaluation(
+            info,
             config,
+            libraries=library,
+            env_ids=env,
+            random_baseline=random_baseline,
+            device=device,
+            context=context,
+        )
+        outcome = plan.run(
             out_dir=out,
-            checkpoint=info,
             dataset_root=dataset,
-            warnings=warnings,
             track=track,
             resume=not fresh,
             n_resamples=resamples,
