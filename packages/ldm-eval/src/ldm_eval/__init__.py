@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     )
     from ldm_eval.checkpoint import CheckpointInfo, read_checkpoint
     from ldm_eval.errors import LDMEvalError, ModelSizesError, StageError, SuiteError
-    from ldm_eval.model_sizes import SizesConfig, compare_sizes
+    from ldm_eval.model_sizes import SizesConfig, compare_sizes, sizes_figure
     from ldm_eval.normalize import normalized_score, reference_runs
     from ldm_eval.pipeline import evaluate, plan_envs, score_policies
     from ldm_eval.policies import (
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ldm_eval.results import EvalManifest, EvalRunDir, PlannedEnv
     from ldm_eval.scores import score_envs
     from ldm_eval.tables import EvalTables, compute_tables
-    from ldm_eval.training_curve import TrainingEvaluator
+    from ldm_eval.training_curve import TrainingEvaluator, curve_figure, overhead, read_curve
 
     __version__: str
 
@@ -57,6 +57,7 @@ _EXPORTS = {
     "SuiteError": "ldm_eval.errors",
     "SizesConfig": "ldm_eval.model_sizes",
     "compare_sizes": "ldm_eval.model_sizes",
+    "sizes_figure": "ldm_eval.model_sizes",
     "normalized_score": "ldm_eval.normalize",
     "reference_runs": "ldm_eval.normalize",
     "evaluate": "ldm_eval.pipeline",
@@ -80,6 +81,9 @@ _EXPORTS = {
     "EvalTables": "ldm_eval.tables",
     "compute_tables": "ldm_eval.tables",
     "TrainingEvaluator": "ldm_eval.training_curve",
+    "curve_figure": "ldm_eval.training_curve",
+    "overhead": "ldm_eval.training_curve",
+    "read_curve": "ldm_eval.training_curve",
 }
 
 __getattr__, __dir__ = lazy_module(__name__, _EXPORTS, distribution="ldm-eval")
@@ -108,16 +112,20 @@ __all__ = [
     "TrainingEvaluator",
     "compare_sizes",
     "compute_tables",
+    "curve_figure",
     "evaluate",
     "fraction_at_least",
     "iqm",
     "normalized_score",
+    "overhead",
     "plan_envs",
     "read_checkpoint",
+    "read_curve",
     "reference_runs",
     "run_protocol",
     "score_envs",
     "score_policies",
+    "sizes_figure",
     "stratified_bootstrap_ci",
     "summarize",
     "threshold_curve",
