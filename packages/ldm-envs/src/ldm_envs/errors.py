@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ldm_envs._lazy import deprecated_aliases
+
 
 class LDMError(Exception):
     """The root of every ldm error, in all four packages (ldm-envs, -autorl, -model, -eval).
@@ -17,9 +21,11 @@ class LDMEnvsError(LDMError):
     """Base of every error raised by ldm-envs."""
 
 
-#: The names before the `LDM*` spelling, kept for one release.
-LdmError = LDMError
-LdmEnvsError = LDMEnvsError
+#: The names before the `LDM*` spelling: deprecated, they warn, removed in the next release.
+__getattr__ = deprecated_aliases(__name__, {"LdmError": "LDMError", "LdmEnvsError": "LDMEnvsError"})
+if TYPE_CHECKING:
+    LdmError = LDMError
+    LdmEnvsError = LDMEnvsError
 
 
 class BadInputError(LDMEnvsError, ValueError):
@@ -106,3 +112,22 @@ class PoolClosedError(LDMEnvsError, RuntimeError):
 
 class ActionError(LDMEnvsError, ValueError):
     """An action lies outside the env's declared action space."""
+
+
+__all__ = [
+    "ActionError",
+    "BadInputError",
+    "BuildError",
+    "EnvRaisedError",
+    "LDMEnvsError",
+    "LDMError",
+    "ManifestError",
+    "PluginError",
+    "PoolClosedError",
+    "SpaceError",
+    "UnknownEnvError",
+    "UnknownLibraryError",
+    "WorkerCrashedError",
+    "WorkerError",
+    "WorkerTimeoutError",
+]

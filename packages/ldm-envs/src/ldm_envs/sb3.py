@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -12,6 +12,7 @@ from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.vec_env import VecMonitor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
+from ldm_envs._lazy import deprecated_aliases
 from ldm_envs.pool import EnvPool
 
 
@@ -39,7 +40,7 @@ def env_actions(space: gym.Space[Any], actions: np.ndarray) -> np.ndarray:
     return actions
 
 
-class LdmSB3VecEnv(VecEnv):
+class LDMSB3VecEnv(VecEnv):
     """SB3's vector API: `step_async` sends to every worker, `step_wait` gathers.
 
     Done envs carry `terminal_observation`, `TimeLimit.truncated` and Monitor-style `episode`
@@ -133,3 +134,11 @@ def _asked_by_vec_monitor(depth: int = 12) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+#: `LdmSB3VecEnv`, the spelling before `LDM*`: deprecated, warns, removed in the next release.
+__getattr__ = deprecated_aliases(__name__, {"LdmSB3VecEnv": "LDMSB3VecEnv"})
+if TYPE_CHECKING:
+    LdmSB3VecEnv = LDMSB3VecEnv
+
+__all__ = ["LDMSB3VecEnv", "env_actions", "folderless_logger"]

@@ -16,12 +16,13 @@ following step leaves the shared-memory fast path (`EnvPool.step(hold=...)` goes
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from ldm_envs._lazy import deprecated_aliases
 from ldm_envs.pool import EnvPool, StepResult
 
 #: The modes `LdmVectorEnv` offers (`DISABLED` would need a reset per env: not offered).
@@ -55,7 +56,7 @@ def resolve_autoreset_mode(value: AutoresetMode | str) -> AutoresetMode:
     return mode
 
 
-class LdmVectorEnv(VectorEnv):
+class LDMVectorEnv(VectorEnv):
     """A Gymnasium vector env over an `EnvPool` whose envs share their spaces.
 
     Args:
@@ -183,12 +184,17 @@ def make_sb3_vec_env(
         ImportError: naming the `ldm-envs[sb3]` extra when SB3 is missing.
     """
     try:
-        from ldm_envs.sb3 import LdmSB3VecEnv
+        from ldm_envs.sb3 import LDMSB3VecEnv
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(
             "the SB3 adapter needs stable-baselines3: pip install 'ldm-envs[sb3]'"
         ) from exc
-    return LdmSB3VecEnv(library, env_ids, num_envs=num_envs, **pool_options)
+    return LDMSB3VecEnv(library, env_ids, num_envs=num_envs, **pool_options)
 
 
-__all__ = ["AUTORESET_MODES", "LdmVectorEnv", "make_sb3_vec_env", "resolve_autoreset_mode"]
+#: `LdmVectorEnv`, the spelling before `LDM*`: deprecated, warns, removed in the next release.
+__getattr__ = deprecated_aliases(__name__, {"LdmVectorEnv": "LDMVectorEnv"})
+if TYPE_CHECKING:
+    LdmVectorEnv = LDMVectorEnv
+
+__all__ = ["AUTORESET_MODES", "LDMVectorEnv", "make_sb3_vec_env", "resolve_autoreset_mode"]
