@@ -9,8 +9,9 @@ and headless Chromium, driven over the DevTools protocol, opens the pages a pers
 through; each page must show (as visible text) the names, tags and artifacts it is for, and the
 threshold-curve image must load.
 
-Screenshots are written under the test's temporary folder and copied to `$LDM_UI_SHOTS`
-(default `/tmp/ui-shots`) for a person to look at.
+Screenshots are written under the test's temporary folder (pytest keeps the last three runs'
+under its base temp folder) and, when `$LDM_UI_SHOTS` names a folder, copied there for a person
+to look at; the test writes and deletes nothing outside its temporary folders otherwise.
 
 Needs Chromium (Debian's `chromium`; `.ci/run` installs it): skipped without it, except under
 `CI=true`, where its absence is a failure.
@@ -591,13 +592,15 @@ def ui(chromium: str, server: str, tmp_path_factory: pytest.TempPathFactory) -> 
     tmp = tmp_path_factory.mktemp("chromium")
     shots = tmp / "shots"
     shots.mkdir()
-    copies: Path | None = Path(os.environ.get("LDM_UI_SHOTS", "/tmp/ui-shots"))
-    try:
-        copies.mkdir(parents=True, exist_ok=True)
-        for old in copies.glob("*.png"):
-            old.unlink()
-    except OSError:
-        copies = None
+    # Opt-in, and never emptied: the folder is the person's, the fixed shot names overwrite
+    # the previous run's.
+    wanted = os.environ.get("LDM_UI_SHOTS")
+    copies: Path | None = Path(wanted) if wanted else None
+    if copies is not None:
+        try:
+            copies.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            copies = None
     browser = Chromium(chromium, tmp / "profile", tmp / "chromium.log")
     try:
         view = UI(browser, server, shots, copies)

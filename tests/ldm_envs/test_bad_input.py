@@ -60,7 +60,9 @@ def test_a_plugin_that_exits_or_hangs_on_import_is_named_not_fatal(monkeypatch):
     )
     start = time.monotonic()
     reg = LibraryRegistry.from_entry_points([EXITS, HANGS, good])
-    assert time.monotonic() - start < 10  # the hang costs its timeout, not 30 s
+    # the hang costs its 1 s timeout plus imports, not the 30 s default: a loaded CI machine
+    # can take several seconds to import, so the bound sits between the two
+    assert time.monotonic() - start < 20
     assert reg.names() == ["good"]
     assert "plugin 'exits'" in reg.broken["exits"] and "sys.exit(3)" in reg.broken["exits"]
     assert "plugin 'hangs'" in reg.broken["hangs"] and "more than 1 s" in reg.broken["hangs"]

@@ -64,4 +64,5 @@ def test_killed_container_is_restarted_then_reported(toy, backend):
         start = time.monotonic()
         with pytest.raises(WorkerCrashedError, match=r"library 'toy'.*docker worker.*exited"):
             pool.step(np.array([1]))
-        assert time.monotonic() - start < 10
+        # noticed when the container's socket closes, not after the 30 s step timeout
+        assert time.monotonic() - start < 20

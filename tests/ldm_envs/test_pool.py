@@ -157,7 +157,7 @@ def test_hung_worker_is_detected_within_the_timeout(toy):
         start = time.monotonic()
         with pytest.raises(WorkerTimeoutError, match="did not answer within 1 s"):
             client.recv(1.0)
-        assert time.monotonic() - start < 3
+        assert time.monotonic() - start < 20  # its 1 s timeout, not the 60 s hang
         # through step(): a hang is restarted like a crash
         pool.workers[0].client.close()
         pool.workers[0].client = get_backend("venv").spawn(toy)

@@ -70,14 +70,27 @@ def test_both_sides_asleep_every_step_still_answer(toy, monkeypatch):
     assert_same_steps(asleep, socket)
 
 
-def test_a_worker_gone_to_sleep_is_woken_at_once(toy):
+def test_a_worker_gone_to_sleep_is_woken_at_once(toy, monkeypatch):
+    """The host sees the sleeper's flag and sends the wake-up message.
+
+    Checked by the message sent rather than by the step's latency: the worker's own 50 ms
+    recheck would answer too, and a loaded CI machine cannot tell the two apart by the clock.
+    """
     with EnvPool(toy, "CartPole-v1", num_envs=2) as pool:
         pool.reset(seed=0)
         pool.step(np.array([0, 1]))
-        time.sleep(0.2)  # far past the worker's spin budget: it sleeps on its socket
-        start = time.monotonic()
+        client = pool.workers[0].shared.client
+        sent: list[dict] = []
+        real_send = client.send
+
+        def spy(message, *args, **kwargs):
+            sent.append(message)
+            return real_send(message, *args, **kwargs)
+
+        monkeypatch.setattr(client, "send", spy)
+        time.sleep(0.5)  # far past the worker's spin budget: it sleeps on its socket
         r = pool.step(np.array([1, 0]))
-        assert time.monotonic() - start < 0.05  # woken by the message, not its 10 ms recheck
+        assert {"cmd": "wake"} in sent, sent
         assert r.rewards.tolist() == [1.0, 1.0]
 
 
@@ -112,7 +125,8 @@ def test_a_frozen_worker_times_out_and_is_restarted(toy):
         os.kill(pool.workers[0].client.hello["pid"], signal.SIGSTOP)
         start = time.monotonic()
         r = pool.step(np.array([1]))
-        assert time.monotonic() - start < 5
+        # the 1 s step timeout plus a fresh worker's start, well below a hang (forever)
+        assert time.monotonic() - start < 20
         assert r.truncated.all() and "did not answer within 1 s" in r.infos[0]["worker_restarted"]
         assert pool.step(np.array([1])).rewards.tolist() == [1.0]
 

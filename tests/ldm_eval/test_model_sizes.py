@@ -67,6 +67,7 @@ def mtimes(out):
     return {p: p.stat().st_mtime_ns for p in files if p.is_file()}
 
 
+@pytest.mark.slow  # trains and evaluates two model sizes, then resumes
 def test_sizes_are_trained_alike_evaluated_tabled_and_resumed(dataset, tmp_path):
     out = tmp_path / "sizes"
     first = compare_sizes(settings(dataset, out, ("tiny", "small")))

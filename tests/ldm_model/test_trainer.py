@@ -280,6 +280,7 @@ def test_tiny_learns_a_simple_rule(tmp_path: Path) -> None:
     assert result.history[-1]["loss"] < result.history[0]["loss"] / 4
 
 
+@pytest.mark.slow  # trains in two spawned processes: ~20 s each on 2 cores
 @pytest.mark.parametrize("dataset", ["tiny_dataset", "tiny_image_dataset"])
 def test_ddp_two_processes_match_one(
     dataset: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -363,6 +364,7 @@ def _real_pairs(batch) -> int:
     return int(pairs.sum())
 
 
+@pytest.mark.slow  # trains in two spawned processes
 def test_ddp_matches_one_process_when_ranks_hold_unequal_real_counts(tmp_path: Path) -> None:
     """Rank 0 and rank 1 hold very different numbers of real action dims and steps (a 24-dim
     Box action beside a 1-dim Discrete one, the latter in 6-row runs, so its windows are mostly
