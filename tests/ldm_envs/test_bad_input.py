@@ -240,7 +240,7 @@ def test_unknown_backend_exits_2_naming_the_option():
     [
         (["check", "toy", "--num-envs", "0"], "--num-envs: must be a positive number, got 0"),
         (["check", "toy", "--steps", "-1"], "--steps: must be a positive number, got -1"),
-        (["bench", "--envs", "0"], "--envs: must be a positive number, got 0"),
+        (["bench", "--num-envs", "0"], "--num-envs: must be a positive number, got 0"),
         (["bench", "--workers", "0"], "--workers: must be a positive number, got 0"),
         (["bench", "--backend", "vnev"], "--backend: unknown backend 'vnev'"),
     ],

@@ -34,9 +34,9 @@ BAD = [
     ([*EVALUATE, "--episodes", "0"], "option episodes: Input should be greater than 0"),
     ([*EVALUATE, "--resamples", "0"], "--resamples: must be a positive number, got 0"),
     (["evaluate", "--backend", "vnev"], "option backend: unknown backend 'vnev'"),
-    (["sizes", "--root", ".", "-c", "tiny", "--device", "cdua"], "--device: unknown device"),
-    (["sizes", "--root", ".", "-c", "tiny", "--eval-device", "auto"], "--eval-device: unknown"),
-    (["sizes", "--root", ".", "-c", "tiny", "--batch-size", "0"], "option batch_size: Input"),
+    (["sizes", "--dataset", ".", "-c", "tiny", "--device", "cdua"], "--device: unknown device"),
+    (["sizes", "--dataset", ".", "-c", "tiny", "--eval-device", "auto"], "--eval-device: unknown"),
+    (["sizes", "--dataset", ".", "-c", "tiny", "--batch-size", "0"], "option batch_size: Input"),
     (["report", "somewhere", "--resamples", "0"], "--resamples: must be a positive number"),
 ]
 

@@ -40,7 +40,7 @@ def nothing_starts(monkeypatch, tmp_path):
 def test_bad_options_exit_2_with_one_line_naming_the_option(nothing_starts, args, message):
     root, out = nothing_starts / "data", nothing_starts / "run"
     result = runner.invoke(
-        cli.app, ["train", "--root", str(root), "--out", str(out), "--no-progress", *args]
+        cli.app, ["train", "--dataset", str(root), "--out", str(out), "--no-progress", *args]
     )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
@@ -50,7 +50,7 @@ def test_bad_options_exit_2_with_one_line_naming_the_option(nothing_starts, args
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_missing_cuda_device_is_refused_up_front(nothing_starts):
-    result = runner.invoke(cli.app, ["train", "--root", str(nothing_starts), "--device", "cuda"])
+    result = runner.invoke(cli.app, ["train", "--dataset", str(nothing_starts), "--device", "cuda"])
     assert result.exit_code == 2
     assert "error: --device: device 'cuda' asked for, but CUDA is not available" in result.output
 
