@@ -27,7 +27,7 @@ def _one(mode: str, timesteps: int) -> float:
 
     from ldm_envs.bench import ENV_ID, LIBRARY, PPO_CONFIGS, _ppo_steps_per_second
     from ldm_envs.plugins import registry
-    from ldm_envs.sb3 import LdmSB3VecEnv
+    from ldm_envs.sb3 import LDMSB3VecEnv
 
     spec = registry().get(LIBRARY)
     if mode == "in-process":
@@ -35,7 +35,7 @@ def _one(mode: str, timesteps: int) -> float:
             lambda: make_vec_env(ENV_ID, n_envs=8, seed=0), timesteps, PPO_CONFIGS["one-epoch"]
         )
     return _ppo_steps_per_second(
-        lambda: LdmSB3VecEnv(spec, ENV_ID, 8, shared_memory=mode == "shared-memory"),
+        lambda: LDMSB3VecEnv(spec, ENV_ID, 8, shared_memory=mode == "shared-memory"),
         timesteps,
         PPO_CONFIGS["one-epoch"],
     )

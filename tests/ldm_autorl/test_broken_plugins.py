@@ -33,7 +33,7 @@ def test_a_broken_algorithm_plugin_does_not_warn_in_every_command(
     broken_plugin, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    asked = runner.invoke(app, ["candidates", "toy", "--candidate", "a2c-default"])
+    asked = runner.invoke(app, ["list", "toy", "--candidate", "a2c-default"])
     assert asked.exit_code == 0, asked.output
     assert "a2c-default" in asked.output
     assert "exits" not in asked.output  # not asked for: silent...
@@ -42,7 +42,7 @@ def test_a_broken_algorithm_plugin_does_not_warn_in_every_command(
 
 
 def test_the_candidates_command_lists_broken_plugins(broken_plugin) -> None:
-    listed = runner.invoke(app, ["candidates", "toy"])
+    listed = runner.invoke(app, ["list", "toy"])
     assert listed.exit_code == 0, listed.output
     flat = " ".join(listed.output.split())
     assert "broken plugin exits:" in flat and "sys.exit(3)" in flat

@@ -17,7 +17,7 @@ runner = CliRunner()
 
 def test_run_refuses_an_undeclared_env_before_ranking(tmp_path):
     result = runner.invoke(
-        app, ["run", "toy", "--env", "Nope-v0", "--root", str(tmp_path), "--rank-budget", "10"]
+        app, ["run", "toy", "--env", "Nope-v0", "--dataset", str(tmp_path), "--rank-budget", "10"]
     )
     assert result.exit_code == 1
     assert "declares no env 'Nope-v0'" in " ".join(result.output.split())
@@ -25,7 +25,7 @@ def test_run_refuses_an_undeclared_env_before_ranking(tmp_path):
 
 
 def test_run_names_the_known_libraries_for_an_unknown_one(tmp_path):
-    result = runner.invoke(app, ["run", "nope", "--root", str(tmp_path)])
+    result = runner.invoke(app, ["run", "nope", "--dataset", str(tmp_path)])
     assert result.exit_code == 1
     assert "unknown env library 'nope'; known libraries:" in " ".join(result.output.split())
 
@@ -56,8 +56,8 @@ BAD_OPTIONS = [
     (["run", "toy", "--rank-budget", "0"], "--rank-budget: must be a positive number"),
     (["run", "toy", "--train-budget", "-5"], "--train-budget: must be a positive number"),
     (["run", "toy", "--top-n", "0"], "--top-n: must be a positive number"),
-    (["rank", "toy", "--workers", "0"], "--workers: must be a positive number, got 0"),
-    (["run", "toy", "--workers", "0"], "--workers: must be a positive number, got 0"),
+    (["rank", "toy", "--parallel", "0"], "--parallel: must be a positive number, got 0"),
+    (["run", "toy", "--parallel", "0"], "--parallel: must be a positive number, got 0"),
     (["rank", "toy", "--executor", "rey"], "--executor: unknown executor 'rey'; choose one"),
     (["run", "toy", "--executor", "rey"], "--executor: unknown executor 'rey'"),
     (["rank", "toy", "--backend", "vnev"], "--backend: unknown backend 'vnev'; choose one"),
@@ -77,7 +77,7 @@ BAD_OPTIONS = [
 )
 def test_bad_options_exit_2_with_one_line_naming_the_option(nothing_starts, args, message):
     root = nothing_starts
-    result = runner.invoke(app, [*args, "--root", str(root)])
+    result = runner.invoke(app, [*args, "--dataset", str(root)])
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.output
@@ -86,10 +86,10 @@ def test_bad_options_exit_2_with_one_line_naming_the_option(nothing_starts, args
 
 
 def test_candidates_checks_the_names_it_is_given():
-    result = runner.invoke(app, ["candidates", "toy", "--candidate", "nope"])
+    result = runner.invoke(app, ["list", "toy", "--candidate", "nope"])
     assert result.exit_code == 2
     assert result.output.startswith("error: --candidate: unknown candidate(s) 'nope'; known")
-    result = runner.invoke(app, ["candidates", "toy", "--candidate", "a2c-zoo"])
+    result = runner.invoke(app, ["list", "toy", "--candidate", "a2c-zoo"])
     assert result.exit_code == 0 and "a2c-zoo" in result.output and "ppo-zoo" not in result.output
 
 

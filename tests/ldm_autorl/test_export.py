@@ -158,7 +158,7 @@ def test_the_data_root_has_every_ending_and_a_dropped_run(root: Path) -> None:
 @pytest.mark.filterwarnings("ignore:Installed gymnasium version")
 def test_minari_episodes_match_the_shards(root: Path, tmp_path: Path, actions: str) -> None:
     out = tmp_path / "minari"
-    args = ["export", "--format", "minari", "-o", str(out), "--root", str(root)]
+    args = ["export", "--format", "minari", "-o", str(out), "--dataset", str(root)]
     result = runner.invoke(cli.app, [*args, "--actions", actions])
     assert result.exit_code == 0, result.output
     # the env that cannot be made is exported without a spec, with a warning naming why
@@ -267,7 +267,7 @@ def _shard_of(root: Path, run_key: str, part: int) -> str:
 
 def test_one_env_with_its_spec_required(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "one"
-    args = ["export", "--format", "minari", "-o", str(out), "--root", str(root)]
+    args = ["export", "--format", "minari", "-o", str(out), "--dataset", str(root)]
     result = runner.invoke(
         cli.app, [*args, "--env", "ShortCartPole-v1", "--env-spec", "require", "-l", LIB]
     )
@@ -310,7 +310,7 @@ def test_errors_name_what_was_wrong(
     root: Path, tmp_path: Path, extra: list[str], code: int, message: str
 ) -> None:
     out = tmp_path / "out"
-    result = runner.invoke(cli.app, ["export", "-o", str(out), "--root", str(root), *extra])
+    result = runner.invoke(cli.app, ["export", "-o", str(out), "--dataset", str(root), *extra])
     assert result.exit_code == code, result.output
     assert error_line(result).startswith(message), result.output
     assert not any(out.glob("**/*.arrow"))  # nothing half-written
@@ -326,7 +326,7 @@ def test_no_kept_runs_and_no_index(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="1 dropped by the filter, 0 not decided yet"):
         export(data, tmp_path / "out", format="hf")
     result = runner.invoke(
-        cli.app, ["export", "--format", "hf", "-o", str(tmp_path / "o"), "--root", str(tmp_path)]
+        cli.app, ["export", "--format", "hf", "-o", str(tmp_path / "o"), "--dataset", str(tmp_path)]
     )
     assert result.exit_code == 1
     assert error_line(result).startswith("error: no index")
@@ -334,7 +334,7 @@ def test_no_kept_runs_and_no_index(tmp_path: Path) -> None:
 
 def test_out_inside_the_data_root_is_refused(root: Path) -> None:
     result = runner.invoke(
-        cli.app, ["export", "--format", "hf", "-o", str(root / "export"), "--root", str(root)]
+        cli.app, ["export", "--format", "hf", "-o", str(root / "export"), "--dataset", str(root)]
     )
     assert result.exit_code == 2
     assert "is inside the data root" in error_line(result)

@@ -150,7 +150,7 @@ def test_filter_tags_runs_and_builds_the_index(ranked, root):
         assert run.data.tags[tracking.TAG_DECISION] == ("kept" if row["kept"] else "dropped")
         assert run.data.tags[tracking.TAG_REASON] == row["reason"]
         assert run.data.metrics["random_mean"] == pytest.approx(row["random_mean"])
-    result = CliRunner().invoke(app, ["dataset", "--root", str(root)])
+    result = CliRunner().invoke(app, ["show", "--dataset", str(root)])
     assert result.exit_code == 0, result.output
     assert "kept transitions" in result.output
 
@@ -183,7 +183,7 @@ def test_the_costliest_runs_are_planned_first(tmp_path):
 
 
 def test_candidates_cli_explains_incompatibility():
-    result = CliRunner().invoke(app, ["candidates", "toy"])
+    result = CliRunner().invoke(app, ["list", "toy"])
     assert result.exit_code == 0, result.output
     assert "Pendulum-v1" in result.output and "dqn-default" in result.output
     unknown = CliRunner().invoke(app, ["rank", "nope"])
@@ -201,7 +201,7 @@ def _run_cli(root, home, *extra):
             "ldm_autorl.cli",
             "run",
             "toy",
-            "--root",
+            "--dataset",
             str(root),
             "--rank-budget",
             str(BUDGET),
@@ -209,7 +209,7 @@ def _run_cli(root, home, *extra):
             str(BUDGET),
             "--top-n",
             "1",
-            "--workers",
+            "--parallel",
             "1",
             *[a for c in CANDIDATES for a in ("--candidate", c)],
             *extra,

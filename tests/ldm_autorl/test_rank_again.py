@@ -22,7 +22,7 @@ from ldm_envs import tracking
 pytestmark = pytest.mark.slow
 
 BUDGET = 400  # CartPole episodes end within it on all 8 A2C envs; Pendulum's need not
-RANK = ["rank", "toy", "--budget", str(BUDGET), "--candidate", "a2c-default", "--workers", "1"]
+RANK = ["rank", "toy", "--budget", str(BUDGET), "--candidate", "a2c-default", "--parallel", "1"]
 
 
 def test_a_new_seed_or_backend_extends_the_ranking(
@@ -32,11 +32,11 @@ def test_a_new_seed_or_backend_extends_the_ranking(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     root = tmp_path / "autorl"
     runner = CliRunner()
-    first = runner.invoke(app, [*RANK, "--root", str(root)])
+    first = runner.invoke(app, [*RANK, "--dataset", str(root)])
     assert first.exit_code == 0, first.output
     # a new seed through a new backend, at the same budget
     again = runner.invoke(
-        app, [*RANK, "--root", str(root), "--seed", "1", "--backend", "inprocess"]
+        app, [*RANK, "--dataset", str(root), "--seed", "1", "--backend", "inprocess"]
     )
     assert again.exit_code == 0, f"{again.output}\n{again.exception!r}"
     assert "Traceback" not in again.output and "error" not in again.output.lower()

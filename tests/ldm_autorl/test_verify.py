@@ -158,7 +158,7 @@ def test_dataset_tells_about_a_deleted_shard_and_redoes_its_run(root: Path) -> N
     assert planned(root) == []
     gone = part(root, "CartPole-v1", 1)
     gone.unlink()
-    result = runner.invoke(cli.app, ["dataset", "--root", str(root)])
+    result = runner.invoke(cli.app, ["show", "--dataset", str(root)])
     assert result.exit_code == 0, result.output
     said = warnings_in(result.output)
     assert any(key("CartPole-v1") in line and "Back to to-do" in line for line in said), said
@@ -172,21 +172,21 @@ def test_dataset_tells_about_a_deleted_shard_and_redoes_its_run(root: Path) -> N
     assert not decision_path(gone).exists()  # the orphan
     assert not decision_path(part(root, "CartPole-v1", 0)).exists()
     assert planned(root) == [key("CartPole-v1")]
-    again = runner.invoke(cli.app, ["dataset", "--root", str(root)])
+    again = runner.invoke(cli.app, ["show", "--dataset", str(root)])
     assert again.exit_code == 0 and not warnings_in(again.output)  # told once
 
 
 def test_verify_finds_a_flipped_byte_and_repair_quarantines_it(root: Path) -> None:
-    assert runner.invoke(cli.app, ["verify", "--root", str(root)]).exit_code == 0
+    assert runner.invoke(cli.app, ["verify", "--dataset", str(root)]).exit_code == 0
     bad = part(root, "ShortCartPole-v1", 1)
     rel = bad.relative_to(root).as_posix()
     flip_obs(bad)
-    found = runner.invoke(cli.app, ["verify", "--root", str(root)])
+    found = runner.invoke(cli.app, ["verify", "--dataset", str(root)])
     assert found.exit_code == 1, found.output
     assert "corrupt" in found.output and rel in found.output and "column 'obs'" in found.output
     assert "--repair" in found.output
     assert bad.exists() and record_path(root, "ShortCartPole-v1").exists()  # only reported
-    repaired = runner.invoke(cli.app, ["verify", "--root", str(root), "--repair"])
+    repaired = runner.invoke(cli.app, ["verify", "--dataset", str(root), "--repair"])
     assert repaired.exit_code == 0, repaired.output
     assert not bad.exists()
     record = quarantine_reason(root, rel)
@@ -197,7 +197,7 @@ def test_verify_finds_a_flipped_byte_and_repair_quarantines_it(root: Path) -> No
     runs, _ = read_index(root)
     assert rel not in runs["shard_path"].to_list()
     assert runs.filter(runs["env_id"] == "ShortCartPole-v1")["kept"].is_null().all()
-    clean = runner.invoke(cli.app, ["verify", "--root", str(root)])
+    clean = runner.invoke(cli.app, ["verify", "--dataset", str(root)])
     assert clean.exit_code == 0 and "ok" in clean.output, clean.output
 
 
@@ -205,16 +205,16 @@ def test_verify_reports_a_deleted_shard_its_orphan_and_its_run(root: Path) -> No
     gone = part(root, "Pendulum-v1", 0)
     rel = gone.relative_to(root).as_posix()
     gone.unlink()
-    found = runner.invoke(cli.app, ["verify", "--root", str(root)])
+    found = runner.invoke(cli.app, ["verify", "--dataset", str(root)])
     assert found.exit_code == 1, found.output
     rows = [line for line in found.output.splitlines() if rel in line]
     kinds = {kind for kind in ("missing", "orphan", "lost run") if any(kind in r for r in rows)}
     assert kinds == {"missing", "orphan", "lost run"}, found.output
     assert decision_path(gone).exists()  # nothing touched without --repair
-    repaired = runner.invoke(cli.app, ["verify", "--root", str(root), "--repair"])
+    repaired = runner.invoke(cli.app, ["verify", "--dataset", str(root), "--repair"])
     assert repaired.exit_code == 0, repaired.output
     assert not decision_path(gone).exists() and not record_path(root, "Pendulum-v1").exists()
-    assert runner.invoke(cli.app, ["verify", "--root", str(root)]).exit_code == 0
+    assert runner.invoke(cli.app, ["verify", "--dataset", str(root)]).exit_code == 0
 
 
 @pytest.fixture

@@ -21,9 +21,9 @@ from ldm_envs.errors import ActionError, BadInputError, ManifestError, PoolClose
 from ldm_envs.manifest import parse_manifest
 from ldm_envs.plugins import ENTRY_POINT_GROUP, LibraryRegistry, registry
 from ldm_envs.pool import EnvPool
-from ldm_envs.sb3 import LdmSB3VecEnv
+from ldm_envs.sb3 import LDMSB3VecEnv
 from ldm_envs.spaces import BoxSpace
-from ldm_envs.vector import LdmVectorEnv
+from ldm_envs.vector import LDMVectorEnv
 
 runner = CliRunner()
 EXITS = EntryPoint(
@@ -127,7 +127,7 @@ def test_a_closed_venv_pool_does_not_restart_its_workers_as_crashed(toy):
 
 
 def test_closed_vector_envs_raise_instead_of_restarting(toy):
-    env = LdmVectorEnv(toy, "CartPole-v1", 2, backend="inprocess")
+    env = LDMVectorEnv(toy, "CartPole-v1", 2, backend="inprocess")
     env.reset(seed=0)
     env.close()
     no_spawn(env.pool)
@@ -135,7 +135,7 @@ def test_closed_vector_envs_raise_instead_of_restarting(toy):
         env.step(np.array([0, 1]))
     with pytest.raises(PoolClosedError):
         env.reset()
-    vec = LdmSB3VecEnv(toy, "CartPole-v1", 2, backend="inprocess")
+    vec = LDMSB3VecEnv(toy, "CartPole-v1", 2, backend="inprocess")
     vec.reset()
     vec.close()
     no_spawn(vec.pool)
@@ -149,7 +149,7 @@ def test_closed_vector_envs_raise_instead_of_restarting(toy):
 
 
 def test_a_string_action_is_refused_with_the_env_named(toy):
-    env = LdmVectorEnv(toy, "CartPole-v1", 2, backend="inprocess")
+    env = LDMVectorEnv(toy, "CartPole-v1", 2, backend="inprocess")
     env.reset(seed=0)
     with pytest.raises(
         ActionError, match=r"action 'left' for env 'CartPole-v1' \(index 0\) is not a number"
@@ -165,7 +165,7 @@ def test_a_string_action_is_refused_with_the_env_named(toy):
 
 def test_zero_envs_or_workers_are_refused_not_rounded_to_one(toy):
     with pytest.raises(BadInputError, match="num_envs: must be a positive number, got 0"):
-        LdmVectorEnv(toy, "CartPole-v1", 0, backend="inprocess")
+        LDMVectorEnv(toy, "CartPole-v1", 0, backend="inprocess")
     with pytest.raises(BadInputError, match="num_envs"):
         EnvPool(toy, "CartPole-v1", num_envs=-1, backend="inprocess")
     with pytest.raises(BadInputError, match="num_workers: must be a positive number, got 0"):
@@ -242,7 +242,7 @@ def test_unknown_backend_exits_2_naming_the_option():
     [
         (["check", "toy", "--num-envs", "0"], "--num-envs: must be a positive number, got 0"),
         (["check", "toy", "--steps", "-1"], "--steps: must be a positive number, got -1"),
-        (["bench", "--envs", "0"], "--envs: must be a positive number, got 0"),
+        (["bench", "--num-envs", "0"], "--num-envs: must be a positive number, got 0"),
         (["bench", "--workers", "0"], "--workers: must be a positive number, got 0"),
         (["bench", "--backend", "vnev"], "--backend: unknown backend 'vnev'"),
     ],

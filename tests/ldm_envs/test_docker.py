@@ -7,7 +7,7 @@ import pytest
 
 from ldm_envs.errors import WorkerCrashedError
 from ldm_envs.pool import EnvPool
-from ldm_envs.vector import LdmVectorEnv
+from ldm_envs.vector import LDMVectorEnv
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def test_image_is_tagged_by_manifest_hash(toy, backend):
 
 
 def test_steps_like_venv_with_isolation_enforced(toy, backend):
-    env = LdmVectorEnv(toy, "CartPole-v1", 2, backend=backend)
+    env = LDMVectorEnv(toy, "CartPole-v1", 2, backend=backend)
     env.reset(seed=0)
     for _ in range(20):
         env.step(np.array([0, 1]))

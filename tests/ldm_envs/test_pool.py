@@ -19,7 +19,7 @@ from ldm_envs.errors import (
 from ldm_envs.manifest import parse_manifest
 from ldm_envs.pool import EnvPool
 from ldm_envs.spaces import DiscreteSpace
-from ldm_envs.vector import LdmVectorEnv
+from ldm_envs.vector import LDMVectorEnv
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def backend(request):
 
 
 def test_vector_env_steps_and_autoresets(toy, backend):
-    env = LdmVectorEnv(toy, "ShortCartPole-v1", 3, backend=backend, autoreset_mode="SameStep")
+    env = LDMVectorEnv(toy, "ShortCartPole-v1", 3, backend=backend, autoreset_mode="SameStep")
     obs, _ = env.reset(seed=1)
     assert obs.shape == (3, 4) and obs.dtype == np.float32
     assert env.observation_space.shape == (3, 4)

@@ -9,13 +9,13 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
-from ldm_envs.sb3 import LdmSB3VecEnv
+from ldm_envs.sb3 import LDMSB3VecEnv
 
 pytestmark = pytest.mark.slow
 
 
 def test_sb3_vec_env_contract(toy):
-    env = LdmSB3VecEnv(toy, "ShortCartPole-v1", 2)
+    env = LDMSB3VecEnv(toy, "ShortCartPole-v1", 2)
     assert isinstance(env, VecEnv) and env.num_envs == 2
     env.seed(3)
     obs = env.reset()
@@ -36,7 +36,7 @@ def test_sb3_vec_env_contract(toy):
 
 
 def test_vec_monitor_wraps_without_a_warning_and_evaluate_policy_reads_the_stats(toy):
-    env = LdmSB3VecEnv(toy, "ShortCartPole-v1", 2)
+    env = LDMSB3VecEnv(toy, "ShortCartPole-v1", 2)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "already wrapped with a `Monitor`" would raise here
         monitored = VecMonitor(env)
@@ -54,7 +54,7 @@ def test_vec_monitor_wraps_without_a_warning_and_evaluate_policy_reads_the_stats
 
 
 def test_ppo_learns_cartpole_through_venv(toy):
-    env = LdmSB3VecEnv(toy, "CartPole-v1", 4, num_workers=2)
+    env = LDMSB3VecEnv(toy, "CartPole-v1", 4, num_workers=2)
     model = PPO(
         "MlpPolicy", env, n_steps=256, batch_size=256, learning_rate=3e-3, seed=0, device="cpu"
     )
@@ -68,7 +68,7 @@ def test_ppo_learns_cartpole_through_venv(toy):
 
 
 def test_sac_runs_on_a_continuous_env(toy):
-    env = LdmSB3VecEnv(toy, "Pendulum-v1", 1)
+    env = LDMSB3VecEnv(toy, "Pendulum-v1", 1)
     model = SAC("MlpPolicy", env, learning_starts=50, seed=0, device="cpu")
     model.learn(120)
     assert model.num_timesteps == 120

@@ -253,7 +253,7 @@ def test_cli_new_prints_the_next_steps_and_refuses_taken_names(tmp_path):
         app,
         [
             *("new", "scaffold-cli", "-r", "gymnasium==1.4.0", "--env", "CartPole-v1"),
-            *("--module", "gymnasium.envs.classic_control", "--dest", str(tmp_path)),
+            *("--module", "gymnasium.envs.classic_control", "--out", str(tmp_path)),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -262,12 +262,12 @@ def test_cli_new_prints_the_next_steps_and_refuses_taken_names(tmp_path):
     spec = read_manifest(_manifest(tmp_path / "ldm-envlib-scaffold-cli"))
     assert spec.imports == ["gymnasium.envs.classic_control"]
 
-    result = runner.invoke(app, ["new", "scaffold-cli", "-r", "x==1", "--dest", str(tmp_path)])
+    result = runner.invoke(app, ["new", "scaffold-cli", "-r", "x==1", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "already exists" in result.output
-    result = runner.invoke(app, ["new", "toy", "-r", "x==1", "--dest", str(tmp_path)])
+    result = runner.invoke(app, ["new", "toy", "-r", "x==1", "--out", str(tmp_path)])
     assert result.exit_code == 1
     assert "'toy' is already provided by the installed plugin ldm-envlib-toy" in result.output
-    result = runner.invoke(app, ["new", "Toy", "-r", "x==1", "--dest", str(tmp_path)])
+    result = runner.invoke(app, ["new", "Toy", "-r", "x==1", "--out", str(tmp_path)])
     assert result.exit_code == 1 and "bad library name 'Toy'" in result.output
 
 

@@ -1,4 +1,4 @@
-"""`LdmVectorEnv`'s autoreset modes against Gymnasium's own `SyncVectorEnv`, step for step.
+"""`LDMVectorEnv`'s autoreset modes against Gymnasium's own `SyncVectorEnv`, step for step.
 
 Both modes run through real workers (venv, with its shared-memory steps, and in-process) on
 ShortCartPole (CartPole cut at 10 steps), so episodes end often, by termination and by
@@ -16,7 +16,7 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from gymnasium.wrappers.vector import NormalizeObservation, RecordEpisodeStatistics
 
 from ldm_envs.pool import EnvPool
-from ldm_envs.vector import LdmVectorEnv, resolve_autoreset_mode
+from ldm_envs.vector import LDMVectorEnv, resolve_autoreset_mode
 
 pytestmark = pytest.mark.slow
 NUM_ENVS = 3
@@ -69,7 +69,7 @@ def assert_same(ours: list[tuple], theirs: list[tuple]) -> None:
 
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP])
 def test_both_modes_step_like_gymnasiums_sync_vector_env(toy, backend, mode):
-    env = LdmVectorEnv(toy, "ShortCartPole-v1", NUM_ENVS, backend=backend, autoreset_mode=mode)
+    env = LDMVectorEnv(toy, "ShortCartPole-v1", NUM_ENVS, backend=backend, autoreset_mode=mode)
     try:
         assert env.metadata["autoreset_mode"] is mode
         ours = rollout(env, mode)
@@ -84,16 +84,16 @@ def test_both_modes_step_like_gymnasiums_sync_vector_env(toy, backend, mode):
 
 
 def test_next_step_is_the_default_as_in_gymnasium(toy):
-    env = LdmVectorEnv(toy, "CartPole-v1", 2, backend="inprocess")
+    env = LDMVectorEnv(toy, "CartPole-v1", 2, backend="inprocess")
     assert env.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP
     assert env.autoreset_mode is SyncVectorEnv([lambda: gym.make("CartPole-v1")]).autoreset_mode
     env.close()
-    same = LdmVectorEnv(toy, "CartPole-v1", 2, backend="inprocess", autoreset_mode="same_step")
+    same = LDMVectorEnv(toy, "CartPole-v1", 2, backend="inprocess", autoreset_mode="same_step")
     assert same.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
     same.close()
     assert resolve_autoreset_mode("NextStep") is AutoresetMode.NEXT_STEP
     with pytest.raises(ValueError, match=r"offers autoreset_mode .*NEXT_STEP.*not 'Disabled'"):
-        LdmVectorEnv(toy, "CartPole-v1", 2, backend="inprocess", autoreset_mode="Disabled")
+        LDMVectorEnv(toy, "CartPole-v1", 2, backend="inprocess", autoreset_mode="Disabled")
 
 
 def test_normalize_observation_and_episode_statistics_in_next_step(toy, backend):
@@ -113,12 +113,12 @@ def test_normalize_observation_and_episode_statistics_in_next_step(toy, backend)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "missing autoreset_mode" or similar warning
-        ours, our_returns = run(LdmVectorEnv(toy, "ShortCartPole-v1", NUM_ENVS, backend=backend))
+        ours, our_returns = run(LDMVectorEnv(toy, "ShortCartPole-v1", NUM_ENVS, backend=backend))
     theirs, their_returns = run(sync_env(AutoresetMode.NEXT_STEP))
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
     assert our_returns == their_returns and len(our_returns) >= 10
     # SAME_STEP is refused by the wrapper, as it refuses Gymnasium's own SAME_STEP envs
-    same = LdmVectorEnv(toy, "ShortCartPole-v1", 2, backend="inprocess", autoreset_mode="SameStep")
+    same = LDMVectorEnv(toy, "ShortCartPole-v1", 2, backend="inprocess", autoreset_mode="SameStep")
     with pytest.raises(ValueError, match="NEXT_STEP"):
         NormalizeObservation(same)
     same.close()
@@ -141,7 +141,7 @@ def test_a_restarted_worker_ends_episodes_the_next_step_way(toy):
     import os
     import signal
 
-    env = LdmVectorEnv(toy, "CartPole-v1", 2, backend="venv", max_restarts=1)
+    env = LDMVectorEnv(toy, "CartPole-v1", 2, backend="venv", max_restarts=1)
     try:
         env.reset(seed=0)
         before, *_ = env.step(np.array([0, 1]))

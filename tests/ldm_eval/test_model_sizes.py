@@ -131,7 +131,7 @@ def test_sizes_are_trained_alike_evaluated_tabled_and_resumed(dataset, tmp_path)
         app,
         [
             "sizes",
-            "--root",
+            "--dataset",
             str(dataset),
             *("--config", "tiny", "--config", "small", "--config", "base"),
             *("--steps", "3", "--batch-size", "2", "--context", "8", "--device", "cpu"),

@@ -30,7 +30,7 @@ def _train(root: Path, out: Path, *extra: str):
         cli.app,
         [
             "train",
-            "--root",
+            "--dataset",
             str(root),
             "--batch-size",
             "2",
@@ -38,7 +38,7 @@ def _train(root: Path, out: Path, *extra: str):
             "8",
             "--steps",
             "2",
-            "--no-mlflow",
+            "--no-track",
             "--no-progress",
             "--out",
             str(out),
@@ -47,12 +47,12 @@ def _train(root: Path, out: Path, *extra: str):
     )
 
 
-def test_train_then_info(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_train_then_show(tiny_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = _train(tiny_dataset, out)
     assert result.exit_code == 0, result.output
     assert "done" in result.output and "step 2" in result.output
-    info = runner.invoke(cli.app, ["info", str(out)])
+    info = runner.invoke(cli.app, ["show", str(out)])
     assert info.exit_code == 0, info.output
     text = info.output
     for expected in (
@@ -74,22 +74,22 @@ def test_train_then_info(tiny_dataset: Path, tmp_path: Path) -> None:
     assert other.exit_code == 1 and "other options" in other.output and "lr" in other.output
 
 
-def test_info_refuses_missing_and_corrupt(tiny_dataset: Path, tmp_path: Path) -> None:
-    missing = runner.invoke(cli.app, ["info", str(tmp_path / "nothing")])
+def test_show_refuses_missing_and_corrupt(tiny_dataset: Path, tmp_path: Path) -> None:
+    missing = runner.invoke(cli.app, ["show", str(tmp_path / "nothing")])
     assert missing.exit_code == 1 and "does not exist" in missing.output
     out = tmp_path / "run"
     assert _train(tiny_dataset, out).exit_code == 0
     model = out / "checkpoints" / "step-00000002" / "model.safetensors"
     model.write_bytes(model.read_bytes()[:-100])
-    corrupt = runner.invoke(cli.app, ["info", str(out)])
-    assert corrupt.exit_code == 1
+    corrupt = runner.invoke(cli.app, ["show", str(out)])
+    assert corrupt.exit_code == 2  # a corrupt input file: bad input (ldm_envs.cli_errors)
     assert "corrupt checkpoint file" in corrupt.output and "model.safetensors" in corrupt.output
-    unverified = runner.invoke(cli.app, ["info", str(out), "--no-verify"])
+    unverified = runner.invoke(cli.app, ["show", str(out), "--no-verify"])
     assert unverified.exit_code == 0 and "files verified" in unverified.output
 
 
 def test_train_clear_errors(tmp_path: Path) -> None:
-    unknown = runner.invoke(cli.app, ["train", "--model", "13B", "--no-mlflow"])
+    unknown = runner.invoke(cli.app, ["train", "--model", "13B", "--no-track"])
     assert unknown.exit_code == 1 and "unknown model config '13B'" in unknown.output
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -99,7 +99,7 @@ def test_train_clear_errors(tmp_path: Path) -> None:
 
 
 def test_configs_table() -> None:
-    result = runner.invoke(cli.app, ["configs"])
+    result = runner.invoke(cli.app, ["list"])
     assert result.exit_code == 0, result.output
     for name in ("tiny", "32M", "70M", "308M", "736M", "308,000,000"):
         assert name in result.output

@@ -362,10 +362,10 @@ def test_mixed_action_spaces_in_one_batch(edge_model: LDM) -> None:
 
 
 def test_rollout_on_cartpole_through_the_vector_env() -> None:
-    from ldm_envs.vector import LdmVectorEnv
+    from ldm_envs.vector import LDMVectorEnv
 
     # LDMPolicy reads `done` as "this observation starts a new episode": same-step autoreset
-    env = LdmVectorEnv(
+    env = LDMVectorEnv(
         "classic-control", "CartPole-v1", 4, backend="inprocess", autoreset_mode="SameStep"
     )
     try:

@@ -49,8 +49,8 @@ def one_env(root: Path) -> Path:
 
 
 def train(root: Path, out: Path, *extra: str):
-    args = ["train", "--root", str(root), "--batch-size", "2", "--context", "8"]
-    args += ["--steps", "2", "--no-mlflow", "--no-progress", "--out", str(out), *extra]
+    args = ["train", "--dataset", str(root), "--batch-size", "2", "--context", "8"]
+    args += ["--steps", "2", "--no-track", "--no-progress", "--out", str(out), *extra]
     return runner.invoke(cli.app, args)
 
 
@@ -100,7 +100,7 @@ def test_train_through_workers_on_a_corrupt_shard(tmp_path: Path) -> None:
     root = tmp_path / "data"
     shard = one_env(root)
     flip_obs(shard)
-    result = train(root, tmp_path / "out", "--num-workers", "1")
+    result = train(root, tmp_path / "out", "--loader-workers", "1")
     assert result.exit_code == 2, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and f"corrupt shard {shard}" in errors[0], result.output

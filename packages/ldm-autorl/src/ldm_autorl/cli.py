@@ -1,42 +1,45 @@
-"""The `ldm-autorl` command line: candidates, rank, train, filter, dataset, export, run."""
+"""The `ldm-autorl` command line: list, rank, train, filter, show, verify, export, run."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import polars as pl
 import typer
 from rich.table import Table
 
 from ldm_autorl import layout, pipeline
-from ldm_envs.cli_errors import fail
+from ldm_envs.cli_app import make_app
 from ldm_envs.console import make_console
-from ldm_envs.errors import LDMEnvsError, LDMError
+from ldm_envs.errors import LDMEnvsError
 from ldm_envs.plugins import get_library
 
-app = typer.Typer(
-    help="AutoRL reference policies: rank SB3 candidates, train the best on every env while "
+app = make_app(
+    "AutoRL reference policies: rank SB3 candidates, train the best on every env while "
     "recording, relabel, filter; everything tracked in MLflow.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+    renamed_options={"--root": "--dataset", "--workers": "--parallel"},
+    renamed_commands={"candidates": "list", "dataset": "show"},
 )
 # wide enough off a terminal (`> log`): see ldm_envs.console
 console = make_console()
 err = make_console(stderr=True)
 
-RootOpt = Annotated[
-    Path | None, typer.Option("--root", help="data root (default <data home>/autorl)")
+DatasetOpt = Annotated[
+    Path | None,
+    typer.Option("--dataset", "-d", help="dataset root (default <data home>/autorl)"),
 ]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="local | ray")]
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Ray cluster address (default: a local Ray)")
 ]
-WorkersOpt = Annotated[
-    int | None, typer.Option("--workers", help="parallel runs (local executor; default: cores)")
+ParallelOpt = Annotated[
+    int | None, typer.Option("--parallel", help="parallel runs (local executor; default: cores)")
 ]
 SeedOpt = Annotated[list[int] | None, typer.Option("--seed", help="seed(s), repeatable")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="isolation backend: venv | docker")]
+BackendOpt = Annotated[
+    str, typer.Option("--backend", "-b", help="isolation backend: venv | docker")
+]
 MaxRestartsOpt = Annotated[
     int,
     typer.Option(
@@ -47,10 +50,6 @@ MaxRestartsOpt = Annotated[
 ]
 
 
-def _fail(exc: BaseException | str) -> NoReturn:
-    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
-
-
 def _root(root: Path | None) -> Path:
     return root or layout.default_root()
 
@@ -59,7 +58,7 @@ def _check_options(
     *,
     counts: dict[str, int | None] | None = None,
     executor: str | None = None,
-    workers: int | None = None,
+    parallel: int | None = None,
     backend: str | None = None,
     candidates: list[str] | None = None,
     random_episodes: int | None = None,
@@ -72,7 +71,7 @@ def _check_options(
     stage's MLflow run was opened; each now stops here with one line naming the option.
 
     Raises:
-        BadInputError: naming the option (exit code 2 through `_fail`).
+        BadInputError: naming the option (exit code 2 through `ldm_envs.cli_errors`).
     """
     from ldm_autorl.executors import EXECUTORS
     from ldm_envs.backends import check_backend
@@ -82,7 +81,7 @@ def _check_options(
         require_positive(option, value)
     if executor is not None:
         require_choice("--executor", executor, EXECUTORS, what="executor")
-    require_positive("--workers", workers)
+    require_positive("--parallel", parallel)
     if backend is not None:
         check_backend(backend, field="--backend")
     require_at_least("--random-episodes", random_episodes, 0, meaning="no random baseline")
@@ -117,14 +116,14 @@ def _check_candidates(names: list[str] | None) -> None:
         )
 
 
-def _executor(name: str, address: str | None, workers: int | None):
+def _executor(name: str, address: str | None, parallel: int | None):
     from ldm_autorl.executors import LocalExecutor, make_executor
 
     if name == "local" and address is None:
         # tasks fork from a server that imported torch/SB3/MLflow once
-        return LocalExecutor(max_workers=workers, preload=["ldm_autorl.preload"])
+        return LocalExecutor(max_workers=parallel, preload=["ldm_autorl.preload"])
     try:
-        return make_executor(name, address=address, max_workers=workers)
+        return make_executor(name, address=address, max_workers=parallel)
     except ImportError as exc:  # Ray is an extra: say which one, without a traceback
         raise LDMEnvsError(str(exc)) from None
 
@@ -163,24 +162,21 @@ def _print_frame(df: pl.DataFrame, title: str) -> None:
     console.print(table)
 
 
-@app.command()
-def candidates(
+@app.command("list")
+def list_candidates(
     library: str,
     candidate: Annotated[
         list[str] | None,
         typer.Option("--candidate", help="only these candidates (exit 2 if one is unknown)"),
     ] = None,
 ) -> None:
-    """Per env: which candidates apply, and why the others do not; then any broken plugin."""
+    """List the candidates per env: which apply, and why the others do not; then broken plugins."""
     from ldm_autorl.candidates import compatibility_table
     from ldm_envs.plugins import get_library
 
-    try:
-        spec = get_library(library)
-        _check_candidates(candidate)
-        df = compatibility_table(spec)
-    except LDMError as exc:
-        _fail(exc)
+    spec = get_library(library)
+    _check_candidates(candidate)
+    df = compatibility_table(spec)
     if candidate:
         df = df.filter(pl.col("candidate").is_in(candidate))
     for env_id in df["env_id"].unique(maintain_order=True).to_list():
@@ -209,36 +205,33 @@ def rank(
     ] = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    parallel: ParallelOpt = None,
     backend: BackendOpt = "venv",
-    root: RootOpt = None,
+    dataset: DatasetOpt = None,
     max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
 ) -> None:
     """Train compatible candidates on the 5-env subset; rank them by one-tailed Welch points.
 
     Another `--seed` or `--backend` at the same budget adds runs to that budget's ranking.
     """
-    try:
-        _check_options(
-            counts={"--budget": budget},
-            executor=executor,
-            workers=workers,
-            backend=backend,
-            candidates=candidate,
-            max_restarts=max_restarts,
-        )
-        table, outcome = pipeline.rank(
-            library,
-            executor=_executor(executor, address, workers),
-            root=_root(root),
-            budget=budget,
-            seeds=seed or [0],
-            candidates=candidate,
-            backend=backend,
-            max_restarts=max_restarts,
-        )
-    except (LDMError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(exc)
+    _check_options(
+        counts={"--budget": budget},
+        executor=executor,
+        parallel=parallel,
+        backend=backend,
+        candidates=candidate,
+        max_restarts=max_restarts,
+    )
+    table, outcome = pipeline.rank(
+        library,
+        executor=_executor(executor, address, parallel),
+        root=_root(dataset),
+        budget=budget,
+        seeds=seed or [0],
+        candidates=candidate,
+        backend=backend,
+        max_restarts=max_restarts,
+    )
     _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
     if outcome.failures:
         raise typer.Exit(1)
@@ -255,33 +248,30 @@ def train(
     env: Annotated[list[str] | None, typer.Option("--env", help="only these env ids")] = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    parallel: ParallelOpt = None,
     backend: BackendOpt = "venv",
-    root: RootOpt = None,
+    dataset: DatasetOpt = None,
     max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
 ) -> None:
     """Reference runs of the top-N candidates on every env, recorded and relabeled."""
-    try:
-        _check_options(
-            counts={"--top-n": top_n, "--budget": budget},
-            executor=executor,
-            workers=workers,
-            backend=backend,
-            max_restarts=max_restarts,
-        )
-        outcome = pipeline.train(
-            library,
-            executor=_executor(executor, address, workers),
-            root=_root(root),
-            top_n=top_n,
-            budget=budget,
-            seeds=seed or [0],
-            env_ids=env,
-            backend=backend,
-            max_restarts=max_restarts,
-        )
-    except (LDMError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(exc)
+    _check_options(
+        counts={"--top-n": top_n, "--budget": budget},
+        executor=executor,
+        parallel=parallel,
+        backend=backend,
+        max_restarts=max_restarts,
+    )
+    outcome = pipeline.train(
+        library,
+        executor=_executor(executor, address, parallel),
+        root=_root(dataset),
+        top_n=top_n,
+        budget=budget,
+        seeds=seed or [0],
+        env_ids=env,
+        backend=backend,
+        max_restarts=max_restarts,
+    )
     console.print(
         f"{len(outcome.results)} reference runs finished ({outcome.skipped} earlier), "
         f"{len(outcome.failures)} failed"
@@ -305,32 +295,31 @@ def filter_(
     library: str,
     backend: BackendOpt = "venv",
     random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
-    root: RootOpt = None,
+    dataset: DatasetOpt = None,
 ) -> None:
     """Apply the improvement, performance and better-than-random filters; rebuild the index.
 
     The table shows each run's last-10% return beside a random policy's and the best score
     rl-baselines3-zoo publishes for the env (`pct_of_zoo`: 0 = random, 1 = zoo).
     """
-    try:
-        _check_options(backend=backend, random_episodes=random_episodes)
-        table = pipeline.filter_runs(
-            library, root=_root(root), backend=backend, random_episodes=random_episodes
-        )
-    except (LDMError, FileNotFoundError) as exc:
-        _fail(exc)
+    _check_options(backend=backend, random_episodes=random_episodes)
+    table = pipeline.filter_runs(
+        library, root=_root(dataset), backend=backend, random_episodes=random_episodes
+    )
     if table.height:
         _print_decisions(table, library)
     else:
         console.print(f"no reference runs for {library}: run `ldm-autorl train {library}`")
 
 
-@app.command()
-def dataset(
-    root: RootOpt = None,
-    library: Annotated[str | None, typer.Option(help="only this library")] = None,
+@app.command("show")
+def show_dataset(
+    dataset: DatasetOpt = None,
+    library: Annotated[
+        str | None, typer.Option("--library", "-l", help="only this library")
+    ] = None,
 ) -> None:
-    """Summarize the index: envs, runs kept and dropped (and why), transitions.
+    """Show the dataset's index: envs, runs kept and dropped (and why), transitions.
 
     Shards gone since the index was built are found first (their runs go back to to-do, the
     index is rebuilt without them), each named in a warning line.
@@ -338,11 +327,8 @@ def dataset(
     from ldm_autorl.verify import refresh_index
     from ldm_envs.dataset.index import read_index
 
-    try:
-        refresh_index(_root(root), say=_warning)
-        runs, _episodes = read_index(_root(root))
-    except (LDMError, FileNotFoundError) as exc:
-        _fail(exc)
+    refresh_index(_root(dataset), say=_warning)
+    runs, _episodes = read_index(_root(dataset))
     if library:
         runs = runs.filter(pl.col("library") == library)
     summary = (
@@ -365,7 +351,7 @@ def _warning(message: str) -> None:
 
 @app.command("verify")
 def verify_(
-    root: RootOpt = None,
+    dataset: DatasetOpt = None,
     repair: Annotated[
         bool,
         typer.Option(
@@ -379,9 +365,9 @@ def verify_(
     """
     from ldm_autorl.verify import verify_root
 
-    data_root = _root(root)
+    data_root = _root(dataset)
     if not data_root.is_dir():
-        _fail(FileNotFoundError(f"no data root at {data_root}"))
+        raise FileNotFoundError(f"no data root at {data_root}")
     with console.status(f"reading every shard under {data_root}"):
         report = verify_root(data_root, repair=repair, say=_warning)
     summary = (
@@ -398,7 +384,7 @@ def verify_(
     console.print(table)
     console.print(f"{len(report.problems)} problem(s); {summary}")
     if not repair:
-        console.print(f"run `ldm-autorl verify --root {data_root} --repair` to fix them")
+        console.print(f"run `ldm-autorl verify --dataset {data_root} --repair` to fix them")
         raise typer.Exit(1)
 
 
@@ -432,7 +418,7 @@ def export_(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace datasets already exported")
     ] = False,
-    root: RootOpt = None,
+    dataset: DatasetOpt = None,
 ) -> None:
     """Write the kept runs as one Minari dataset or Hugging Face folder per (library, env).
 
@@ -443,22 +429,19 @@ def export_(
     from ldm_autorl.export import export
     from ldm_autorl.verify import refresh_index
 
-    data_root = _root(root)
-    try:
-        refresh_index(data_root, say=_warning)
-        written = export(
-            data_root,
-            out,
-            format=format_,
-            actions=actions,
-            libraries=library,
-            env_ids=env,
-            env_spec=env_spec,
-            overwrite=overwrite,
-            say=_warning,
-        )
-    except (LDMError, FileNotFoundError) as exc:
-        _fail(exc)
+    data_root = _root(dataset)
+    refresh_index(data_root, say=_warning)
+    written = export(
+        data_root,
+        out,
+        format=format_,
+        actions=actions,
+        libraries=library,
+        env_ids=env,
+        env_spec=env_spec,
+        overwrite=overwrite,
+        say=_warning,
+    )
     table = Table(title=f"exported ({format_}, {actions} actions) to {out}")
     for col in ("library", "env", "runs", "episodes", "steps", "env spec", "dataset"):
         table.add_column(col, overflow="fold")
@@ -491,10 +474,10 @@ def run(
     seed: SeedOpt = None,
     executor: ExecutorOpt = "local",
     address: AddressOpt = None,
-    workers: WorkersOpt = None,
+    parallel: ParallelOpt = None,
     backend: BackendOpt = "venv",
     random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
-    root: RootOpt = None,
+    dataset: DatasetOpt = None,
     max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
 ) -> None:
     """Run rank -> train -> filter, resumable: finished runs are never redone or duplicated.
@@ -502,47 +485,44 @@ def run(
     Ranking always uses the library's 5-env ranking subset; `--env` narrows the reference runs
     (a library of 57 Atari games at a smoke-test budget, say).
     """
-    data_root = _root(root)
-    try:
-        _check_options(
-            counts={"--rank-budget": rank_budget, "--train-budget": train_budget, "--top-n": top_n},
-            executor=executor,
-            workers=workers,
-            backend=backend,
-            candidates=candidate,
-            random_episodes=random_episodes,
-            max_restarts=max_restarts,
-        )
-        ex = _executor(executor, address, workers)
-        spec = get_library(library)
-        for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
-            spec.env(env_id)
-        pipeline.rank(
-            library,
-            executor=ex,
-            root=data_root,
-            budget=rank_budget,
-            seeds=seed or [0],
-            candidates=candidate,
-            backend=backend,
-            max_restarts=max_restarts,
-        )
-        pipeline.train(
-            library,
-            executor=ex,
-            root=data_root,
-            top_n=top_n,
-            budget=train_budget,
-            seeds=seed or [0],
-            env_ids=env,
-            backend=backend,
-            max_restarts=max_restarts,
-        )
-        table = pipeline.filter_runs(
-            library, root=data_root, backend=backend, random_episodes=random_episodes
-        )
-    except (LDMError, FileNotFoundError, KeyError, ValueError) as exc:
-        _fail(exc)
+    data_root = _root(dataset)
+    _check_options(
+        counts={"--rank-budget": rank_budget, "--train-budget": train_budget, "--top-n": top_n},
+        executor=executor,
+        parallel=parallel,
+        backend=backend,
+        candidates=candidate,
+        random_episodes=random_episodes,
+        max_restarts=max_restarts,
+    )
+    ex = _executor(executor, address, parallel)
+    spec = get_library(library)
+    for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
+        spec.env(env_id)
+    pipeline.rank(
+        library,
+        executor=ex,
+        root=data_root,
+        budget=rank_budget,
+        seeds=seed or [0],
+        candidates=candidate,
+        backend=backend,
+        max_restarts=max_restarts,
+    )
+    pipeline.train(
+        library,
+        executor=ex,
+        root=data_root,
+        top_n=top_n,
+        budget=train_budget,
+        seeds=seed or [0],
+        env_ids=env,
+        backend=backend,
+        max_restarts=max_restarts,
+    )
+    table = pipeline.filter_runs(
+        library, root=data_root, backend=backend, random_episodes=random_episodes
+    )
     if table.height:
         _print_decisions(table, library)
 

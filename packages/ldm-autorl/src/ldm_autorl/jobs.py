@@ -32,7 +32,7 @@ from ldm_envs.dataset.shards import ShardMeta, ShardWriter
 from ldm_envs.errors import WorkerError
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library
-from ldm_envs.sb3 import LdmSB3VecEnv
+from ldm_envs.sb3 import LDMSB3VecEnv
 
 #: Episodes of the final deterministic policy after a reference run (the zoo evaluates so).
 FINAL_EVAL_EPISODES = 10
@@ -139,7 +139,7 @@ def final_policy_returns(
     """
     from stable_baselines3.common.evaluation import evaluate_policy
 
-    venv = LdmSB3VecEnv(spec, env_id, min(n_envs, episodes), backend=backend)
+    venv = LDMSB3VecEnv(spec, env_id, min(n_envs, episodes), backend=backend)
     try:
         venv.seed(seed + 10_000)
         returns, _ = evaluate_policy(
@@ -207,7 +207,7 @@ def train_run(
         params=params,
         parent_run_id=parent_run_id,
     ) as run:
-        venv = LdmSB3VecEnv(spec, env_id, cand.n_envs, backend=backend, max_restarts=max_restarts)
+        venv = LDMSB3VecEnv(spec, env_id, cand.n_envs, backend=backend, max_restarts=max_restarts)
         writers = None
         if record:
             obs_space = venv.pool.observation_spaces[0]

@@ -74,11 +74,11 @@ def measure_random(
     done = load_random_score(root, library, env_id)
     if done is not None and done.seed == seed:
         return done
-    from ldm_envs.sb3 import LdmSB3VecEnv
+    from ldm_envs.sb3 import LDMSB3VecEnv
 
     start = time.perf_counter()
     spec = get_library(library)
-    venv = LdmSB3VecEnv(spec, env_id, num_envs, backend=backend)
+    venv = LDMSB3VecEnv(spec, env_id, num_envs, backend=backend)
     try:
         venv.seed(seed)
         space = venv.action_space

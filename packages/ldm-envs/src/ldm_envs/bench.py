@@ -16,7 +16,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ldm_envs.plugins import registry
-from ldm_envs.vector import LdmVectorEnv
+from ldm_envs.vector import LDMVectorEnv
 
 LIBRARY = "classic-control"
 ENV_ID = "CartPole-v1"
@@ -132,7 +132,7 @@ def run_benchmark(
             )
             progress.advance(task)
             for label, backend, shared in contenders:
-                env = LdmVectorEnv(
+                env = LDMVectorEnv(
                     spec,
                     ENV_ID,
                     num_envs,
@@ -194,7 +194,7 @@ def _ppo_rounds(
     """SB3 PPO in-process vs through each contender, interleaved round by round."""
     from stable_baselines3.common.env_util import make_vec_env
 
-    from ldm_envs.sb3 import LdmSB3VecEnv
+    from ldm_envs.sb3 import LDMSB3VecEnv
 
     summary: dict[str, float] = {}
     names = configs or list(PPO_CONFIGS)
@@ -215,7 +215,7 @@ def _ppo_rounds(
                 progress.advance(task)
                 for label, backend, shared in contenders:
                     rate = _ppo_steps_per_second(
-                        lambda b=backend, sh=shared: LdmSB3VecEnv(
+                        lambda b=backend, sh=shared: LDMSB3VecEnv(
                             spec,
                             ENV_ID,
                             num_envs,

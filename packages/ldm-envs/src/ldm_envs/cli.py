@@ -5,24 +5,23 @@ from __future__ import annotations
 import json
 from functools import partial
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from ldm_envs.checker import EnvCheck, check_library, last_check, show_env_check
-from ldm_envs.cli_errors import fail
+from ldm_envs.cli_app import make_app
 from ldm_envs.console import make_console
 from ldm_envs.errors import LDMEnvsError
 from ldm_envs.inputs import require_positive_all
 from ldm_envs.manifest import write_manifest
 from ldm_envs.plugins import registry
 
-app = typer.Typer(
-    help="Env libraries, each isolated (venv, docker, inprocess), behind one batched API.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+app = make_app(
+    "Env libraries, each isolated (venv, docker, inprocess), behind one batched API.",
+    renamed_options={"--dest": "--out", "-m": "--module", "--envs": "--num-envs"},
 )
 # wide enough off a terminal (`> log`): see ldm_envs.console
 console = make_console()
@@ -31,10 +30,6 @@ err = make_console(stderr=True)
 BackendOpt = Annotated[
     str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
 ]
-
-
-def _fail(exc: BaseException | str) -> NoReturn:
-    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
 
 def _space_kind(space: object) -> str:
@@ -92,10 +87,7 @@ def list_libraries() -> None:
 @app.command()
 def show(library: str) -> None:
     """Show a library's isolated environment and declared envs."""
-    try:
-        entry = registry().entry(library)
-    except LDMEnvsError as exc:
-        _fail(exc)
+    entry = registry().entry(library)
     spec = entry.spec
     env_block = spec.environment
     console.print(f"[bold]{spec.name}[/] {spec.version}: {spec.description}")
@@ -131,11 +123,8 @@ def build(
     rebuild: Annotated[bool, typer.Option(help="rebuild even if cached")] = False,
 ) -> None:
     """Build (or reuse) the library's isolated environment."""
-    try:
-        spec = registry().get(library)
-        ref = get_backend(backend, console=err).prepare(spec, rebuild=rebuild)
-    except LDMEnvsError as exc:
-        _fail(exc)
+    spec = registry().get(library)
+    ref = get_backend(backend, console=err).prepare(spec, rebuild=rebuild)
     console.print(f"{library} ready through {backend}: {ref}")
 
 
@@ -159,13 +148,10 @@ def probe(
     """Fill or refresh the declared spaces from the real library, run in its environment."""
     from ldm_envs.probe import probe_library
 
-    try:
-        entry = registry().entry(library)
-        spec, changes = probe_library(
-            entry.spec, get_backend(backend, console=err), env, discover=discover
-        )
-    except LDMEnvsError as exc:
-        _fail(exc)
+    entry = registry().entry(library)
+    spec, changes = probe_library(
+        entry.spec, get_backend(backend, console=err), env, discover=discover
+    )
     for line in changes or ["all declared spaces already match the library"]:
         console.print(f"  {line}")
     if dry_run or entry.source is None:
@@ -189,15 +175,15 @@ def new(
         str | None, typer.Option(help="the library's Python, e.g. 3.8 (default 3.11)")
     ] = None,
     module: Annotated[
-        list[str] | None, typer.Option("--module", "-m", help="module to import so envs register")
+        list[str] | None, typer.Option("--module", help="module to import so envs register")
     ] = None,
     env: Annotated[
         list[str] | None, typer.Option(help="env id to declare (none: probe discovers them)")
     ] = None,
     description: Annotated[str, typer.Option(help="one line about the library")] = "",
-    dest: Annotated[Path, typer.Option(help="folder holding the plugin packages")] = Path(
-        "plugins"
-    ),
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="folder holding the plugin packages")
+    ] = Path("plugins"),
     force: Annotated[bool, typer.Option(help="overwrite the scaffold's files")] = False,
 ) -> None:
     """Scaffold a plugin package: pyproject with the entry point, manifest, README, test."""
@@ -206,27 +192,22 @@ def new(
     reg = registry()
     if library in reg.libraries and not force:
         entry = reg.libraries[library]
-        _fail(
-            LDMEnvsError(
-                f"library {library!r} is already provided by the installed plugin "
-                f"{entry.distribution or entry.plugin} (manifest {entry.source}); pick another "
-                "name, or pass --force"
-            )
+        raise LDMEnvsError(
+            f"library {library!r} is already provided by the installed plugin "
+            f"{entry.distribution or entry.plugin} (manifest {entry.source}); pick another "
+            "name, or pass --force"
         )
-    try:
-        root = scaffold_plugin(
-            library,
-            dest_root=dest,
-            requirements=requirement or [],
-            api=api,
-            python=python,
-            modules=module or [],
-            env_ids=env or [],
-            description=description,
-            force=force,
-        )
-    except LDMEnvsError as exc:
-        _fail(exc)
+    root = scaffold_plugin(
+        library,
+        dest_root=out,
+        requirements=requirement or [],
+        api=api,
+        python=python,
+        modules=module or [],
+        env_ids=env or [],
+        description=description,
+        force=force,
+    )
     console.print(f"[green]created[/] {root}", highlight=False)
     console.print("next steps (guide: docs/adding-a-library.md):")
     for i, step in enumerate(next_steps(library, root), 1):
@@ -242,25 +223,19 @@ def check(
     env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
 ) -> None:
     """Random rollouts of every declared env, verifying spaces against what comes back."""
-    try:
-        require_positive_all({"--steps": steps, "--num-envs": num_envs})
-        spec = registry().get(library)
-        backend_obj = get_backend(backend, console=err)
-    except LDMEnvsError as exc:
-        _fail(exc)
+    require_positive_all({"--steps": steps, "--num-envs": num_envs})
+    spec = registry().get(library)
+    backend_obj = get_backend(backend, console=err)
 
     console.print(f"checking [bold]{library}[/] through [bold]{backend}[/]")
-    try:
-        report = check_library(
-            spec,
-            backend_obj,
-            env_ids=env,
-            steps=steps,
-            num_envs=num_envs,
-            on_env=partial(show_env_check, console),
-        )
-    except LDMEnvsError as exc:
-        _fail(exc)
+    report = check_library(
+        spec,
+        backend_obj,
+        env_ids=env,
+        steps=steps,
+        num_envs=num_envs,
+        on_env=partial(show_env_check, console),
+    )
     good = sum(e.ok for e in report.envs)
     console.print(f"{good}/{len(report.envs)} envs passed in {report.seconds} s")
     if not report.ok:
@@ -269,10 +244,12 @@ def check(
 
 @app.command()
 def bench(
-    envs: Annotated[int, typer.Option(help="number of CartPole envs")] = 8,
+    num_envs: Annotated[int, typer.Option(help="number of CartPole envs")] = 8,
     seconds: Annotated[float, typer.Option(help="time per contender")] = 3.0,
-    backend: Annotated[list[str] | None, typer.Option(help="isolated backends to measure")] = None,
-    workers: Annotated[int, typer.Option(help="workers per isolated backend")] = 1,
+    backend: Annotated[
+        list[str] | None, typer.Option("--backend", "-b", help="isolated backends to measure")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="env worker processes per isolated backend")] = 1,
     sb3: Annotated[bool, typer.Option(help="also compare SB3 PPO training speed")] = True,
     ppo_config: Annotated[
         list[str] | None,
@@ -289,33 +266,30 @@ def bench(
 
     unknown = sorted(set(ppo_config or []) - set(PPO_CONFIGS))
     if unknown:
-        _fail(LDMEnvsError(f"unknown --ppo-config {unknown}; known: {sorted(PPO_CONFIGS)}"))
-    try:
-        require_positive_all(
-            {
-                "--envs": envs,
-                "--seconds": seconds,
-                "--workers": workers,
-                "--rounds": rounds,
-                "--ppo-timesteps": ppo_timesteps,
-            }
-        )
-        for name in backend or []:
-            check_backend(name, field="--backend")
-        run_benchmark(
-            console,
-            num_envs=envs,
-            seconds=seconds,
-            backends=backend or ["venv"],
-            workers=workers,
-            sb3=sb3,
-            ppo_timesteps=ppo_timesteps,
-            ppo_configs=ppo_config,
-            rounds=rounds,
-            compare_socket=compare_socket,
-        )
-    except LDMEnvsError as exc:
-        _fail(exc)
+        raise LDMEnvsError(f"unknown --ppo-config {unknown}; known: {sorted(PPO_CONFIGS)}")
+    require_positive_all(
+        {
+            "--num-envs": num_envs,
+            "--seconds": seconds,
+            "--workers": workers,
+            "--rounds": rounds,
+            "--ppo-timesteps": ppo_timesteps,
+        }
+    )
+    for name in backend or []:
+        check_backend(name, field="--backend")
+    run_benchmark(
+        console,
+        num_envs=num_envs,
+        seconds=seconds,
+        backends=backend or ["venv"],
+        workers=workers,
+        sb3=sb3,
+        ppo_timesteps=ppo_timesteps,
+        ppo_configs=ppo_config,
+        rounds=rounds,
+        compare_socket=compare_socket,
+    )
 
 
 @app.command("docker-base")
@@ -324,12 +298,9 @@ def docker_base(
     tag: Annotated[str | None, typer.Option(help="image tag (default ldm-base:py<ver>)")] = None,
 ) -> None:
     """Build a base image locally (debootstrap + docker import), no registry needed."""
-    try:
-        from ldm_envs.backends.docker import build_base
+    from ldm_envs.backends.docker import build_base
 
-        ref = build_base(python, tag=tag, console=err)
-    except (LDMEnvsError, RuntimeError) as exc:
-        _fail(exc)
+    ref = build_base(python, tag=tag, console=err)
     console.print(f"base image ready: {ref}")
 
 

@@ -318,7 +318,7 @@ class EnvPool:
             actions: one action per env (every one is checked, held envs' too).
             hold: envs not to step this time: each answers the first observation of its
                 current episode again, with reward 0 and no episode end, and its action is
-                ignored. `LdmVectorEnv` uses it for Gymnasium's next-step autoreset (the step
+                ignored. `LDMVectorEnv` uses it for Gymnasium's next-step autoreset (the step
                 after an episode end only resets). A worker holding envs gets its step by
                 socket, not shared memory.
 

@@ -1,6 +1,6 @@
 """The pool's two faces: a Gymnasium `VectorEnv` and a Stable-Baselines3 `VecEnv`.
 
-`LdmVectorEnv` offers Gymnasium's two autoreset modes and defaults to `NEXT_STEP`, Gymnasium's
+`LDMVectorEnv` offers Gymnasium's two autoreset modes and defaults to `NEXT_STEP`, Gymnasium's
 own default, so it is a drop-in for `gymnasium.vector.SyncVectorEnv`: every vector wrapper
 accepts it (the stateful observation wrappers such as `NormalizeObservation` refuse
 `SAME_STEP`). `SAME_STEP` remains one argument away for code written against it (`LDMPolicy`,
@@ -25,7 +25,7 @@ from gymnasium.vector.utils import batch_space
 from ldm_envs._lazy import deprecated_aliases
 from ldm_envs.pool import EnvPool, StepResult
 
-#: The modes `LdmVectorEnv` offers (`DISABLED` would need a reset per env: not offered).
+#: The modes `LDMVectorEnv` offers (`DISABLED` would need a reset per env: not offered).
 AUTORESET_MODES = (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP)
 #: Keys the worker adds to the info of an ended episode, as Monitor's `episode` statistics.
 #: Left out in `NEXT_STEP`, where Gymnasium's `RecordEpisodeStatistics` refuses an info that

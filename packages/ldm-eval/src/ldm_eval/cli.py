@@ -4,30 +4,24 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 
 from ldm_envs.backends import BACKENDS
-from ldm_envs.cli_errors import BAD_INPUT_EXIT, fail
+from ldm_envs.cli_app import make_app
 from ldm_envs.console import make_console
-from ldm_envs.errors import LDMError
 from ldm_envs.inputs import require_positive
 from ldm_eval.suite import STAGES
 
-app = typer.Typer(
-    help="Evaluate the LDM with the paper's protocol: reference-normalized scores, threshold "
+app = make_app(
+    "Evaluate the LDM with the paper's protocol: reference-normalized scores, threshold "
     "curves, IQM with bootstrap CIs, plots, an HTML report; tracked in MLflow.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+    renamed_options={"--root": "--dataset", "--output": "--out"},
 )
 # wide enough off a terminal (`> log`): see ldm_envs.console
 console = make_console()
 err = make_console(stderr=True)
-
-
-def _fail(exc: BaseException | str) -> NoReturn:
-    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
 
 def _warn(message: str) -> None:
@@ -61,7 +55,8 @@ def evaluate(
     rollouts: Annotated[int, typer.Option(help="fresh rollouts per env")] = 2,
     seed: Annotated[int, typer.Option(help="env seed of rollout 0 (rollout r: seed + r)")] = 0,
     workers: Annotated[
-        int | None, typer.Option(help="workers per library (default: cores / libraries)")
+        int | None,
+        typer.Option(help="env worker processes per library (default: cores / libraries)"),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="most rollouts stepped together (bounds model memory)")
@@ -73,7 +68,9 @@ def evaluate(
     ] = None,
     dataset: Annotated[
         Path | None,
-        typer.Option(help="dataset root with the index (default: the checkpoint's)"),
+        typer.Option(
+            "--dataset", "-d", help="dataset root with the index (default: the checkpoint's)"
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="run folder (default <data home>/eval/...)")
@@ -90,53 +87,48 @@ def evaluate(
     argmax actions; scores normalized against the env's reference run in the dataset index.
     The same command again resumes an interrupted evaluation.
     """
-    from pydantic import ValidationError
-
     from ldm_eval.checkpoint import read_checkpoint
     from ldm_eval.plan import plan_evaluation
     from ldm_eval.protocol import EvalConfig
     from ldm_model.devices import check_device
 
-    try:
-        config = EvalConfig(
-            episodes=episodes,
-            rollouts=rollouts,
-            seed=seed,
-            backend=backend,
-            num_workers=workers,
-            batch_size=batch_size,
-            retries=retries,
-        )
-        # checked before the venv build and the first rollouts, where torch would refuse it
-        check_device(device, field="--device", available=checkpoint is not None)
-        require_positive("--context", context)
-        require_positive("--resamples", resamples)
-        if checkpoint is None and not random_baseline:
-            raise ValueError("nothing to evaluate: give a CHECKPOINT or keep --random-baseline")
-        if checkpoint is not None and not checkpoint.exists():
-            raise FileNotFoundError(f"no checkpoint at {checkpoint}")
-        info = None
-        if checkpoint is not None:  # a run folder: its newest valid checkpoint, said so
-            info = read_checkpoint(checkpoint, report=_warn)
-        plan = plan_evaluation(
-            info,
-            config,
-            libraries=library,
-            env_ids=env,
-            random_baseline=random_baseline,
-            device=device,
-            context=context,
-        )
-        outcome = plan.run(
-            out_dir=out,
-            dataset_root=dataset,
-            track=track,
-            resume=not fresh,
-            n_resamples=resamples,
-            console=err,
-        )
-    except (LDMError, ValueError, FileNotFoundError, FileExistsError, ValidationError) as exc:
-        _fail(exc)
+    config = EvalConfig(
+        episodes=episodes,
+        rollouts=rollouts,
+        seed=seed,
+        backend=backend,
+        num_workers=workers,
+        batch_size=batch_size,
+        retries=retries,
+    )
+    # checked before the venv build and the first rollouts, where torch would refuse it
+    check_device(device, field="--device", available=checkpoint is not None)
+    require_positive("--context", context)
+    require_positive("--resamples", resamples)
+    if checkpoint is None and not random_baseline:
+        raise ValueError("nothing to evaluate: give a CHECKPOINT or keep --random-baseline")
+    if checkpoint is not None and not checkpoint.exists():
+        raise FileNotFoundError(f"no checkpoint at {checkpoint}")
+    info = None
+    if checkpoint is not None:  # a run folder: its newest valid checkpoint, said so
+        info = read_checkpoint(checkpoint, report=_warn)
+    plan = plan_evaluation(
+        info,
+        config,
+        libraries=library,
+        env_ids=env,
+        random_baseline=random_baseline,
+        device=device,
+        context=context,
+    )
+    outcome = plan.run(
+        out_dir=out,
+        dataset_root=dataset,
+        track=track,
+        resume=not fresh,
+        n_resamples=resamples,
+        console=err,
+    )
     console.print(f"results: {outcome.run_dir.path}", highlight=False)
     if outcome.mlflow_run_id:
         console.print(f"MLflow run: {outcome.mlflow_run_id}", highlight=False)
@@ -145,7 +137,7 @@ def evaluate(
 @app.command()
 def report(
     source: Annotated[str, typer.Argument(help="an evaluation's run folder, or its MLflow run id")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="HTML file to write")] = Path(
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path(
         "report.html"
     ),
     resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
@@ -155,22 +147,19 @@ def report(
     from ldm_eval.results import EvalRunDir
     from ldm_eval.tables import compute_tables
 
-    try:
-        require_positive("--resamples", resamples)
-        path = Path(source)
-        if path.is_dir():
-            tables = compute_tables(EvalRunDir(path), n_resamples=resamples)
-            write_report(tables, output)
-        else:
-            with tempfile.TemporaryDirectory(prefix="ldm-eval-") as tmp:
-                folder = _download(source, Path(tmp))
-                tables = compute_tables(EvalRunDir(folder), n_resamples=resamples)
-                write_report(tables, output)
-    except (FileNotFoundError, ValueError, LDMError) as exc:
-        _fail(exc)
+    require_positive("--resamples", resamples)
+    path = Path(source)
+    if path.is_dir():
+        tables = compute_tables(EvalRunDir(path), n_resamples=resamples)
+        write_report(tables, out)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ldm-eval-") as tmp:
+            folder = _download(source, Path(tmp))
+            tables = compute_tables(EvalRunDir(folder), n_resamples=resamples)
+            write_report(tables, out)
     if not tables.complete:
         err.print("[yellow]partial evaluation:[/] the report marks what is missing")
-    console.print(f"report: {output.resolve()}", highlight=False)
+    console.print(f"report: {out.resolve()}", highlight=False)
 
 
 @app.command()
@@ -191,14 +180,12 @@ def suite(
     Re-running the same command skips the stages that finished with the same inputs; a failed
     or interrupted stage resumes. Stage record: <data home>/suites/<name>/stages.json.
     """
-    from ldm_eval.suite import StageError, SuiteError, load_suite, run_suite
+    from ldm_eval.suite import StageError, load_suite, run_suite
 
-    try:
+    try:  # a SuiteError (the file or an option, refused before any stage ran) exits 2
         spec = load_suite(path)
         run_suite(spec, from_stage=from_stage, only=only, console=console)
-    except SuiteError as exc:  # the file or an option, refused before any stage ran
-        fail(err, exc, code=BAD_INPUT_EXIT)
-    except StageError as exc:
+    except StageError as exc:  # told as the stage, its command and the cause
         err.print(f"[bold red]error:[/] stage [bold]{exc.stage}[/] failed", highlight=False)
         err.print(f"  command: {exc.command}", highlight=False, soft_wrap=True)
         err.print(f"  cause: {exc.cause}", highlight=False, soft_wrap=True)
@@ -216,7 +203,9 @@ def suite(
 
 @app.command()
 def sizes(
-    root: Annotated[Path, typer.Option("--root", help="dataset root (an ldm-autorl data root)")],
+    dataset: Annotated[
+        Path, typer.Option("--dataset", "-d", help="dataset root (an ldm-autorl data root)")
+    ],
     config: Annotated[
         list[str],
         typer.Option("--config", "-c", help="named model config, repeatable, small to large"),
@@ -241,7 +230,7 @@ def sizes(
     backend: Annotated[
         str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
     ] = "venv",
-    workers: Annotated[int | None, typer.Option(help="workers per library")] = None,
+    workers: Annotated[int | None, typer.Option(help="env worker processes per library")] = None,
     eval_device: Annotated[str, typer.Option(help="where the model acts when evaluated")] = "cpu",
     torch_threads: Annotated[
         int | None, typer.Option(help="torch threads while evaluating (1 on a busy machine)")
@@ -258,43 +247,39 @@ def sizes(
     Per size: share of envs at >= 80% and >= 100% of reference, IQM with its bootstrap CI.
     Writes model_sizes.csv and model_sizes.png; finished sizes are not trained again.
     """
-    from pydantic import ValidationError
     from rich.table import Table
 
     from ldm_eval.model_sizes import SizesConfig, compare_sizes
     from ldm_eval.protocol import EvalConfig
     from ldm_model.devices import check_device
 
-    try:
-        check_device(device, field="--device", allow_auto=True)
-        check_device(eval_device, field="--eval-device")
-        settings = SizesConfig(
-            data_root=root,
-            configs=tuple(config),
-            steps=steps,
-            batch_size=batch_size,
-            context=context,
-            libraries=library,
-            env_ids=env,
-            lr=lr,
+    check_device(device, field="--device", allow_auto=True)
+    check_device(eval_device, field="--eval-device")
+    settings = SizesConfig(
+        data_root=dataset,
+        configs=tuple(config),
+        steps=steps,
+        batch_size=batch_size,
+        context=context,
+        libraries=library,
+        env_ids=env,
+        lr=lr,
+        seed=seed,
+        device=device,
+        protocol=EvalConfig(
+            episodes=episodes,
+            rollouts=rollouts,
             seed=seed,
-            device=device,
-            protocol=EvalConfig(
-                episodes=episodes,
-                rollouts=rollouts,
-                seed=seed,
-                backend=backend,
-                num_workers=workers,
-            ),
-            eval_device=eval_device,
-            torch_threads=torch_threads,
-            resamples=resamples,
-            out=out,
-            track=track,
-        )
-        outcome = compare_sizes(settings, console=err)
-    except (LDMError, ValueError, FileNotFoundError, ValidationError) as exc:
-        _fail(exc)
+            backend=backend,
+            num_workers=workers,
+        ),
+        eval_device=eval_device,
+        torch_threads=torch_threads,
+        resamples=resamples,
+        out=out,
+        track=track,
+    )
+    outcome = compare_sizes(settings, console=err)
 
     def pct(value: float | None) -> str:
         return "" if value is None or value != value else f"{100 * value:.0f}"

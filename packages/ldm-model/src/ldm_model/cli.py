@@ -1,4 +1,4 @@
-"""The `ldm-model` command line: train, info, configs.
+"""The `ldm-model` command line: train, show (a checkpoint), list (the named configs).
 
 `ldm-model train` runs in one process, or as every rank of a `torchrun` launch:
 
@@ -12,28 +12,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from ldm_envs.cli_errors import fail
+from ldm_envs.cli_app import make_app
 from ldm_envs.console import make_console
 
-app = typer.Typer(
-    help="The Large Decision Model: train it on the dataset (one process or torchrun DDP), "
+app = make_app(
+    "The Large Decision Model: train it on the dataset (one process or torchrun DDP), "
     "inspect checkpoints, list the named configs.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
+    renamed_options={
+        "--root": "--dataset",
+        "--env-id": "--env",
+        "--mlflow": "--track",
+        "--no-mlflow": "--no-track",
+        "--num-workers": "--loader-workers",
+    },
+    renamed_commands={"info": "show", "configs": "list"},
     add_completion=False,
 )
 # wide enough off a terminal (`> log`): see ldm_envs.console
 console = make_console()
 err = make_console(stderr=True)
-
-
-def _fail(exc: BaseException | str) -> NoReturn:
-    fail(err, exc)  # the CLIs' one error path: `error: ...`, exit 2 for bad input, 1 otherwise
 
 
 def _model_arg(value: str) -> Any:
@@ -56,14 +58,15 @@ def train(
     model: Annotated[
         str, typer.Option("--model", "-m", help="named config or a ModelConfig JSON file")
     ] = "tiny",
-    root: Annotated[
-        Path | None, typer.Option("--root", help="dataset root (default <data home>/autorl)")
+    dataset: Annotated[
+        Path | None,
+        typer.Option("--dataset", "-d", help="dataset root (default <data home>/autorl)"),
     ] = None,
     library: Annotated[
         list[str] | None, typer.Option("--library", "-l", help="only this library (repeatable)")
     ] = None,
-    env_id: Annotated[
-        list[str] | None, typer.Option("--env-id", help="only this env id (repeatable)")
+    env: Annotated[
+        list[str] | None, typer.Option("--env", help="only this env id (repeatable)")
     ] = None,
     weighting: Annotated[
         str, typer.Option(help="window draw: env | transitions | library")
@@ -86,7 +89,7 @@ def train(
     log_every: Annotated[int, typer.Option(help="steps between metric records")] = 10,
     checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
     keep_checkpoints: Annotated[int, typer.Option(help="checkpoints kept")] = 3,
-    num_workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
+    loader_workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
     micro_batch: Annotated[
         int | None,
         typer.Option(help="windows per forward pass per process (gradient accumulation)"),
@@ -96,7 +99,7 @@ def train(
         Path | None,
         typer.Option("--out", "-o", help="run folder (default <data home>/models/<model>-<hash>)"),
     ] = None,
-    mlflow: Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log to MLflow")] = True,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
     eval_every: Annotated[
         int | None,
         typer.Option(
@@ -116,58 +119,45 @@ def train(
     ] = False,
 ) -> None:
     """Train (or resume) the LDM on the dataset; run it under torchrun for DDP."""
-    from pydantic import ValidationError
-
     from ldm_envs.inputs import require_positive
-    from ldm_model.data import ShardUnavailableError
     from ldm_model.devices import check_device
-    from ldm_model.training import TrainConfig, TrainingError
+    from ldm_model.training import TrainConfig
     from ldm_model.training import train as run_training
-    from ldm_model.training.checkpoint import CheckpointError
 
-    try:
-        check_device(device, field="--device", allow_auto=True)  # not at the first batch
-        require_positive("--stop-after", stop_after)
-        config = TrainConfig(
-            model=_model_arg(model),
-            data_root=root,
-            libraries=library or None,
-            env_ids=env_id or None,
-            weighting=weighting,
-            batch_size=batch_size,
-            context=context,
-            steps=steps,
-            lr=lr,
-            weight_decay=weight_decay,
-            grad_clip=grad_clip or None,
-            precision=precision,
-            seed=seed,
-            log_every=log_every,
-            checkpoint_every=checkpoint_every,
-            keep_checkpoints=keep_checkpoints,
-            num_workers=num_workers,
-            micro_batch=micro_batch,
-            device=device,
-            out=out,
-            mlflow=mlflow,
-            eval_every=eval_every,
-            eval_episodes=eval_episodes,
-        )
-    except (ValidationError, KeyError, ValueError) as exc:
-        _fail(exc.args[0] if isinstance(exc, KeyError) else exc)
-    try:
-        run_training(
-            config,
-            stop_after=stop_after,
-            progress=progress,
-            console=err,
-            allow_data_change=allow_data_change,
-        )
-    except ShardUnavailableError as exc:  # a corrupt (now quarantined) or missing shard
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-    except (TrainingError, CheckpointError, ValueError) as exc:
-        _fail(exc)
+    check_device(device, field="--device", allow_auto=True)  # not at the first batch
+    require_positive("--stop-after", stop_after)
+    config = TrainConfig(
+        model=_model_arg(model),
+        data_root=dataset,
+        libraries=library or None,
+        env_ids=env or None,
+        weighting=weighting,
+        batch_size=batch_size,
+        context=context,
+        steps=steps,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip or None,
+        precision=precision,
+        seed=seed,
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        num_workers=loader_workers,
+        micro_batch=micro_batch,
+        device=device,
+        out=out,
+        mlflow=track,
+        eval_every=eval_every,
+        eval_episodes=eval_episodes,
+    )
+    run_training(
+        config,
+        stop_after=stop_after,
+        progress=progress,
+        console=err,
+        allow_data_change=allow_data_change,
+    )
 
 
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
@@ -189,26 +179,23 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-@app.command()
-def info(
+@app.command("show")
+def show(
     checkpoint: Annotated[Path, typer.Argument(help="a checkpoint folder or a run folder")],
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="check the files' sha256")
     ] = True,
 ) -> None:
-    """Print a checkpoint's config, parameter count, step, metrics and training data."""
-    from ldm_model.training.checkpoint import CheckpointError, load_checkpoint, read_info
+    """Show a checkpoint's config, parameter count, step, metrics and training data."""
+    from ldm_model.training.checkpoint import load_checkpoint, read_info
 
-    try:
-        if verify:
-            ckpt = load_checkpoint(checkpoint)
-            path, record = ckpt.path, ckpt.info
-        else:
-            from ldm_model.training.checkpoint import resolve_checkpoint
+    if verify:
+        ckpt = load_checkpoint(checkpoint)
+        path, record = ckpt.path, ckpt.info
+    else:
+        from ldm_model.training.checkpoint import resolve_checkpoint
 
-            path, record = resolve_checkpoint(checkpoint), read_info(checkpoint)
-    except CheckpointError as exc:
-        _fail(exc)
+        path, record = resolve_checkpoint(checkpoint), read_info(checkpoint)
     train_cfg = record.train
     console.print(
         _kv_table(
@@ -270,9 +257,9 @@ def meta_parameters(name: str) -> int:
         return LDM(get_config(name)).num_parameters()
 
 
-@app.command()
-def configs() -> None:
-    """The named model configs and their parameter counts (vs the paper's)."""
+@app.command("list")
+def list_configs() -> None:
+    """List the named model configs and their parameter counts (vs the paper's)."""
     from ldm_model.config import NAMED_CONFIGS, PAPER_PARAMETERS
 
     table = Table(title="named model configs")

@@ -382,13 +382,13 @@ def _loc(loc: Sequence[int | str]) -> str:
 def _unknown_candidates(library: str, names: tuple[str, ...]) -> str | None:
     """Why `ldm-autorl` refuses these candidate names for `library`, or None when it knows them.
 
-    It asks the CLI the autorl stage will run anyway, `ldm-autorl candidates LIB --candidate
+    It asks the CLI the autorl stage will run anyway, `ldm-autorl list LIB --candidate
     ...`, which exits 2 with an `error:` line for an unknown name: a few seconds at load
     instead of a ranking stage that fails after the probe stage. A subprocess rather than an
     import, so that the candidate plugins (SB3 and its torch) load in the process that trains
     with them, not in the suite's.
     """
-    args = [*AUTORL_CLI, "candidates", library]
+    args = [*AUTORL_CLI, "list", library]
     args += [a for name in names for a in ("--candidate", name)]
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)

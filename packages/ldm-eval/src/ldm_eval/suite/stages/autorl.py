@@ -30,7 +30,7 @@ def _autorl_cmd(
     envs: list[str] | None = None,
 ) -> list[str]:
     """One `ldm-autorl` call; `train` runs once per budget group (`budget`, `envs`)."""
-    args = [sub, lib.name, "--root", str(root)]
+    args = [sub, lib.name, "--dataset", str(root)]
     if sub in ("rank", "train"):
         if sub == "rank":
             budget = lib.rank_budget
@@ -38,7 +38,7 @@ def _autorl_cmd(
         args += [a for s in lib.seeds for a in ("--seed", str(s))]
         args += ["--backend", lib.backend]
         if lib.workers is not None:
-            args += ["--workers", str(lib.workers)]
+            args += ["--parallel", str(lib.workers)]
     if sub == "rank":
         args += [a for c in lib.candidates or [] for a in ("--candidate", c)]
     if sub == "train":
@@ -47,7 +47,7 @@ def _autorl_cmd(
     if sub == "filter":
         args += ["--backend", lib.backend, "--random-episodes", str(lib.random_episodes)]
     if sub == "dataset":
-        args = ["dataset", "--root", str(root), "--library", lib.name]
+        args = ["show", "--dataset", str(root), "--library", lib.name]
     return args
 
 

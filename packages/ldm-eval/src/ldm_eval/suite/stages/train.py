@@ -70,9 +70,9 @@ def run(ctx: StageContext) -> None:
     from ldm_model.training.checkpoint import CheckpointError
 
     config = train_config(ctx.suite)
-    args = ["ldm-model", "train", "--model", ctx.suite.model.config, "--root", config.data_root]
+    args = ["ldm-model", "train", "--model", ctx.suite.model.config, "--dataset", config.data_root]
     args += [a for lib in config.libraries or () for a in ("--library", lib)]
-    args += [a for e in config.env_ids or () for a in ("--env-id", e)]
+    args += [a for e in config.env_ids or () for a in ("--env", e)]
     args += ["--weighting", config.weighting, "--batch-size", config.batch_size]
     if config.context is not None:
         args += ["--context", config.context]

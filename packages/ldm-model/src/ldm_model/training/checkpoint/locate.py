@@ -116,7 +116,7 @@ def open_valid(
     more = (
         f"; the {len(skipped) - 1} older checkpoint(s) are corrupt too" if len(skipped) > 1 else ""
     )
-    raise CorruptCheckpointError(newest.path, f"{newest.reason}{more}")
+    raise CorruptCheckpointError(newest.path, f"{newest.reason}{more}") from newest
 
 
 def _warn_fallback(message: str) -> None:
