@@ -257,13 +257,10 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
 def test_ray_executor_runs_a_ranking(tmp_path):
     from ldm_autorl.executors import RayExecutor
 
-    table, outcome = pipeline.rank(
-        "toy",
-        executor=RayExecutor(),
-        root=tmp_path,
-        budget=BUDGET,
-        candidates=["a2c-default"],
-    )
+    with RayExecutor() as executor:  # closed: a Ray left up would leak into the next tests
+        table, outcome = pipeline.rank(
+            "toy", executor=executor, root=tmp_path, budget=BUDGET, candidates=["a2c-default"]
+        )
     assert not outcome.failures and len(outcome.results) == 3
     assert table["candidate"].to_list() == ["a2c-default"]
     assert pl.Series(r.env_id for r in outcome.results).n_unique() == 3
