@@ -179,7 +179,7 @@ class Trainer:
         except FileNotFoundError as exc:
             raise TrainingError(
                 f"{exc}; build a dataset first (e.g. `ldm-autorl run classic-control`) or pass "
-                "--root"
+                "--dataset"
             ) from exc
         self.dataset = dataset_info(self.sampler)
         self._check_resumable(allow_data_change)
