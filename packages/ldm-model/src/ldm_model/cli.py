@@ -73,7 +73,10 @@ def train(
     ] = "env",
     batch_size: Annotated[
         int | None,
-        typer.Option(help="global batch in windows (default: 32 for tiny, 1024 otherwise)"),
+        typer.Option(
+            help="global batch in windows (default: 32 for tiny/small/base, 384 for 736M, "
+            "1024 otherwise)"
+        ),
     ] = None,
     context: Annotated[
         int | None, typer.Option(help="window length (default: the model's context)")
@@ -95,6 +98,23 @@ def train(
         typer.Option(help="windows per forward pass per process (gradient accumulation)"),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    fused_adamw: Annotated[
+        bool | None,
+        typer.Option(
+            "--fused-adamw/--no-fused-adamw",
+            help="AdamW's fused kernel (default: on CUDA, plain AdamW elsewhere)",
+            show_default=False,
+        ),
+    ] = None,
+    attention: Annotated[
+        str,
+        typer.Option(
+            help="auto (sdpa) | sdpa | eager | flash (SDPA's flash kernel only: CUDA bf16)"
+        ),
+    ] = "auto",
+    compile: Annotated[
+        bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer")
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="run folder (default <data home>/models/<model>-<hash>)"),
@@ -146,6 +166,9 @@ def train(
         num_workers=loader_workers,
         micro_batch=micro_batch,
         device=device,
+        fused_adamw=fused_adamw,
+        attention=attention,
+        compile=compile,
         out=out,
         mlflow=track,
         eval_every=eval_every,
