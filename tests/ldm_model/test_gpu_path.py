@@ -207,6 +207,26 @@ def test_resuming_with_other_execution_options(tiny_dataset: Path, tmp_path: Pat
     assert losses == pytest.approx([r["loss"] for r in whole.history][2:], abs=FP32_TOL)
 
 
+def test_the_cli_options_reach_the_run(tiny_dataset: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ldm_model import cli
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    common = ["train", "--dataset", str(tiny_dataset), "--out", str(out), "--no-progress"]
+    tiny = ["--batch-size", "2", "--context", "8", "--steps", "1", "--no-track"]
+    result = runner.invoke(cli.app, [*common, *tiny, "--fused-adamw", "--attention", "eager"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "train_config.json").read_text())
+    assert (saved["fused_adamw"], saved["attention"], saved["compile"]) == (True, "eager", False)
+    bad = runner.invoke(cli.app, [*common, "--attention", "flash2"])
+    assert bad.exit_code == 2
+    assert "error: option attention: Input should be 'auto', 'eager', 'sdpa' or 'flash'" in (
+        bad.output
+    )
+
+
 @pytest.mark.slow
 def test_compiled_training_gives_the_losses_of_the_plain_one(bench: ModuleType) -> None:
     """torch.compile of the backbone on the CPU (inductor: ~30-60 s of compilation here)."""
@@ -328,7 +348,7 @@ def test_bench_device_path_smoke_imports_only_what_the_gpu_machine_has(tmp_path:
         and not {d.lower().replace("_", "-") for d in owners[m]} & allowed
     }
     assert foreign == {}
-    for name in ("polars", "gymnasium", "mlflow", "stable_baselines3", "rich", "typer"):
+    for name in ("polars", "gymnasium", "mlflow", "stable_baselines3", "matplotlib"):
         assert name not in modules
 
 
