@@ -7,6 +7,7 @@ from typing import Annotated
 
 import polars as pl
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ldm_autorl import layout, pipeline
@@ -184,13 +185,14 @@ def list_candidates(
         ok = sub.filter(pl.col("compatible"))["candidate"].to_list()
         console.print(f"[bold]{env_id}[/]: {len(ok)} candidates: {', '.join(ok) or '-'}")
         for row in sub.filter(~pl.col("compatible")).iter_rows(named=True):
-            console.print(f"    [dim]{row['candidate']}: {row['reason']}[/]", highlight=False)
+            reason = escape(row["reason"])
+            console.print(f"    [dim]{row['candidate']}: {reason}[/]", highlight=False)
     if not candidate:  # the one place broken plugins speak up unasked (as `ldm-envs list`)
         from ldm_autorl.candidates import registry as candidate_registry
 
         for name, why in sorted(candidate_registry().broken.items()):
             kind = "candidate" if ":" in name else "plugin"
-            console.print(f"[yellow]broken {kind} {name}:[/] {why}", highlight=False)
+            console.print(f"[yellow]broken {kind} {name}:[/] {escape(why)}", highlight=False)
 
 
 @app.command()
@@ -346,7 +348,7 @@ def show_dataset(
 
 
 def _warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.command("verify")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
+from rich.markup import escape
 
 from ldm_envs.backends import Backend
 from ldm_envs.errors import LDMEnvsError
@@ -112,7 +113,7 @@ def show_env_check(console: Console, res: EnvCheck) -> None:
         highlight=False,
     )
     for problem in res.problems:
-        console.print(f"      [red]{problem}[/]", highlight=False)
+        console.print(f"      [red]{escape(problem)}[/]", highlight=False)
 
 
 def check_library(

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ldm_envs.cli_errors import DEBUG_ENV, REPORTED, report
@@ -30,7 +31,7 @@ _DEBUG_META = "ldm.debug"
 
 def _warn(message: str) -> None:
     make_console(stderr=True).print(
-        f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
+        f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True
     )
 
 

@@ -20,6 +20,7 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
+from rich.markup import escape
 
 from ldm_envs.errors import LDMError
 
@@ -133,7 +134,7 @@ def fail(console: Console, exc: BaseException | str, *, code: int | None = None)
     Raises:
         typer.Exit: always.
     """
-    console.print(f"[bold red]error:[/] {error_text(exc)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(error_text(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(exc) if code is None else code)
 
 

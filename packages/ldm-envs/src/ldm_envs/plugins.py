@@ -13,10 +13,16 @@ plugin broken instead of ending the process, and an import that hangs is abandon
 (distribution `ldm-envlib-<name>`, the manifest's `requires_core`) are `EntryPointRegistry`'s
 (`ldm_envs.registry`), shared with ldm-autorl's `ldm.algorithms`; this module says what an
 env-library plugin is.
+
+Plugins that exist only to test ldm itself (`tests/plugins/ldm-envlib-toy`) are installed in
+the workspace by its dev group, yet are no library a user trains on: they declare their entry
+point in `ldm.env_libraries.test`, a group read only when `LDM_TEST_PLUGINS` is set (the
+repository's conftest sets it), so `ldm-envs list`, `show` and the pipelines never offer them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -34,6 +40,9 @@ from ldm_envs.registry import (  # noqa: F401  (re-exported: their old home)
 )
 
 ENTRY_POINT_GROUP = "ldm.env_libraries"
+#: The group of plugins that exist for ldm's own tests, read only under `TEST_PLUGINS_ENV`.
+TEST_ENTRY_POINT_GROUP = "ldm.env_libraries.test"
+TEST_PLUGINS_ENV = "LDM_TEST_PLUGINS"
 DISTRIBUTION_PREFIX = "ldm-envlib-"
 
 
@@ -93,7 +102,10 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
 
     @classmethod
     def _entry_points(cls) -> Iterable[EntryPoint]:
-        return entry_points(group=ENTRY_POINT_GROUP)
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        if test_plugins_enabled():
+            eps += entry_points(group=TEST_ENTRY_POINT_GROUP)
+        return eps
 
     @staticmethod
     def _finish(target: Any) -> Any:
@@ -133,6 +145,11 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
 
     def _bad_range(self, ep: EntryPoint, exc: Exception) -> LDMError:
         return ManifestError(f"plugin {ep.name!r}: field requires_core: {exc}")
+
+
+def test_plugins_enabled() -> bool:
+    """Whether `LDM_TEST_PLUGINS` asks for the test-only plugins (`1`, `true`, `yes`, `on`)."""
+    return os.environ.get(TEST_PLUGINS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @lru_cache(maxsize=1)

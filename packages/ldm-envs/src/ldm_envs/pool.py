@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 # ActionChecker and action_dtype lived here before `actions.py`: importable from here still
 from ldm_envs.actions import ActionChecker, SpaceModel
@@ -488,7 +489,7 @@ class EnvPool:
         w.restarts += 1
         self.console.print(
             f"[yellow]worker of {self.spec.name} ({', '.join(sorted(set(ids)))}) failed, "
-            f"restarting ({w.restarts}/{self.max_restarts}):[/] {exc.cause.splitlines()[0]}"
+            f"restarting ({w.restarts}/{self.max_restarts}):[/] {escape(exc.cause.splitlines()[0])}"
         )
         w.close()
         last = w.last_obs

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_envs.backends import BACKENDS, Backend
 from ldm_envs.errors import LDMEnvsError, WorkerError
@@ -290,7 +291,8 @@ def run_protocol(
         if res.status == "failed" and slot.retry < config.retries:
             console.print(
                 f"[yellow]rollout {res.rollout} of {slot.target} ({res.policy}) failed, "
-                f"retrying ({slot.retry + 1}/{config.retries}):[/] {_first_line(res.cause)}",
+                f"retrying ({slot.retry + 1}/{config.retries}):[/] "
+                f"{escape(_first_line(res.cause))}",
                 highlight=False,
             )
             retry.append(
