@@ -154,6 +154,10 @@ def _print_decisions(df: pl.DataFrame, library: str) -> None:
     )
 
 
+def _print_ranking(table: pl.DataFrame, outcome: pipeline.StageOutcome, library: str) -> None:
+    _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
+
+
 def _print_frame(df: pl.DataFrame, title: str) -> None:
     table = Table(title=title)
     for col in df.columns:
@@ -234,7 +238,7 @@ def rank(
         backend=backend,
         max_restarts=max_restarts,
     )
-    _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
+    _print_ranking(table, outcome, library)
     if outcome.failures:
         raise typer.Exit(1)
 
@@ -501,7 +505,7 @@ def run(
     spec = get_library(library)
     for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
         spec.env(env_id)
-    pipeline.rank(
+    ranking, ranked = pipeline.rank(
         library,
         executor=ex,
         root=data_root,
@@ -511,6 +515,7 @@ def run(
         backend=backend,
         max_restarts=max_restarts,
     )
+    _print_ranking(ranking, ranked, library)  # then `train` prints the top-N each env gets
     pipeline.train(
         library,
         executor=ex,
