@@ -147,6 +147,7 @@ def final_policy_returns(
         )
     finally:
         venv.close()
+    assert isinstance(returns, list)  # return_episode_rewards=True: one return per episode
     return [float(r) for r in returns]
 
 
@@ -302,7 +303,11 @@ def train_run(
         )
         run.log_metrics(
             {
-                **({"final_mean_return": result.final_mean} if final_returns else {}),
+                **(
+                    {"final_mean_return": result.final_mean}
+                    if result.final_mean is not None
+                    else {}
+                ),
                 "episodes": len(returns),
                 "worker_restarts": restarts,
                 "cut_episodes": env.cut_episodes,

@@ -32,7 +32,9 @@ def window(returns: Sequence[float], which: str, fraction: float = WINDOW_FRACTI
     return arr[:k] if which == "first" else arr[-k:]
 
 
-def greater(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> tuple[bool, float]:
+def greater(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alpha: float = ALPHA
+) -> tuple[bool, float]:
     """One-tailed Welch t-test of mean(a) > mean(b); returns (significant, p-value).
 
     Samples too small or without variance are decided on their means only when both are

@@ -187,7 +187,9 @@ class ResultWriter:
         """Write every result so far; returns them all."""
         if self.pending:
             new = pl.DataFrame(self.pending, schema=ROLLOUT_SCHEMA)
-            self.frame = pl.concat([self.frame.cast(ROLLOUT_SCHEMA), new], how="vertical")
+            self.frame = pl.concat(
+                [self.frame.cast(pl.Schema(ROLLOUT_SCHEMA)), new], how="vertical"
+            )
             self.pending = []
             write_parquet_atomic(self.frame, self.run_dir.path / EvalRunDir.ROLLOUTS)
             if self.on_flush is not None:

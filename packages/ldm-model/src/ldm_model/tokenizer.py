@@ -144,7 +144,7 @@ class SpaceCodec:
         set_ = object.__setattr__
         # observation
         image = isinstance(obs, BoxSpace) and obs.is_image
-        set_(self, "image_shape", tuple(obs.shape) if image else None)
+        set_(self, "image_shape", tuple(obs.shape) if image and isinstance(obs, BoxSpace) else None)
         n = 0 if image else obs.flat_dim
         set_(self, "obs_dims", n)
         discrete, start = _discrete_layout(obs, n, what="observation")

@@ -178,7 +178,9 @@ def _flat_errors(exc: ValidationError) -> str:
     )
 
 
-def _check_policy_kwargs(algorithm: str, policy_cls: type, kwargs: dict[str, Any]) -> list[str]:
+def _check_policy_kwargs(
+    algorithm: str, policy_cls: type[Any], kwargs: dict[str, Any]
+) -> list[str]:
     params = inspect.signature(policy_cls.__init__).parameters
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     fixed = {"self", "observation_space", "action_space", "lr_schedule"}
