@@ -28,6 +28,7 @@ from ldm_envs.spaces import (
     DiscreteSpace,
     MultiBinarySpace,
     MultiDiscreteSpace,
+    SpaceModel,
     check_limits,
 )
 from ldm_model.errors import TokenizationError
@@ -41,8 +42,6 @@ OBS_DIMS = MAX_OBS_DIMS
 ACT_DIMS = MAX_ACTION_DIMS
 #: Images are resized to IMAGE_SIZE x IMAGE_SIZE x 3 before the convolutional encoder.
 IMAGE_SIZE = 64
-
-SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
 
 
 # --------------------------------------------------------------------------------------------
