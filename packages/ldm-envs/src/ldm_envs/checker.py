@@ -18,7 +18,7 @@ from ldm_envs.backends import Backend
 from ldm_envs.errors import LDMEnvsError
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.paths import checks_dir
-from ldm_envs.pool import EnvPool
+from ldm_envs.pool import EnvPool, Obs
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,7 +48,7 @@ class LibraryCheck(BaseModel):
     when: float
 
 
-def _observation_problems(pool: EnvPool, obs: np.ndarray) -> list[str]:
+def _observation_problems(pool: EnvPool, obs: Obs) -> list[str]:
     space = pool.observation_spaces[0].to_gymnasium()
     problems = []
     for row in obs:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, NoReturn
 import typer
 from rich.markup import escape
 
-from ldm_envs.errors import LDMError
+from ldm_envs.errors import LDMError, validation_lines
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -70,13 +70,8 @@ def _is_validation_error(exc: object) -> bool:
 
 def _compact(exc: BaseException, *, prefix: str = "") -> str:
     """A pydantic error as one `<prefix><field>: <why>` per error, joined with `; `."""
-    return "; ".join(
-        f"{prefix}{'.'.join(map(str, e['loc'])) or '(all)'}: "
-        f"{str(e['msg']).removeprefix('Value error, ')}"
-        if e["loc"] or prefix
-        else str(e["msg"])
-        for e in exc.errors()  # type: ignore[attr-defined]
-    )
+    root = "(all)" if prefix else None
+    return "; ".join(validation_lines(exc, field=prefix, root=root))  # type: ignore[arg-type]
 
 
 def error_text(exc: BaseException | str) -> str:

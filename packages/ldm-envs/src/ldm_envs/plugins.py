@@ -25,16 +25,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ldm_envs.errors import LDMError, ManifestError, PluginError, UnknownLibraryError
 from ldm_envs.manifest import EnvLibrarySpec, parse_manifest, read_manifest
 from ldm_envs.registry import (  # noqa: F401  (re-exported: their old home)
     DEFAULT_IMPORT_TIMEOUT,
     EntryPointRegistry,
+    Installed,
     import_timeout,
     load_entry_point,
 )
@@ -57,19 +57,16 @@ class LoadedLibrary:
 
 
 @dataclass
-class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
+class LibraryRegistry(
+    EntryPointRegistry[LoadedLibrary],
+    group=ENTRY_POINT_GROUP,
+    kind="env-library",
+    distribution_prefix=DISTRIBUTION_PREFIX,
+    core_distribution="ldm-envs",
+):
     """The known env libraries, plus the broken plugins and why they are broken."""
 
     libraries: dict[str, LoadedLibrary] = field(default_factory=dict)
-
-    group: ClassVar[str] = ENTRY_POINT_GROUP
-    kind: ClassVar[str] = "env-library"
-    distribution_prefix: ClassVar[str] = DISTRIBUTION_PREFIX
-    core_distribution: ClassVar[str] = "ldm-envs"
-
-    def names(self) -> list[str]:
-        """Sorted names of the libraries that loaded."""
-        return sorted(self.libraries)
 
     def get(self, name: str) -> EnvLibrarySpec:
         """The spec of library `name`.
@@ -92,11 +89,6 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
     def add(self, spec: EnvLibrarySpec, *, source: Path | None = None) -> None:
         """Register a spec directly (tests, notebooks), without an entry point."""
         self.libraries[spec.name] = LoadedLibrary(spec=spec, plugin=spec.name, source=source)
-
-    @classmethod
-    def from_entry_points(cls, eps: Iterable[EntryPoint] | None = None) -> LibraryRegistry:
-        """Load every plugin of the entry-point group, isolating failures per plugin."""
-        return super().from_entry_points(eps)
 
     # -- EntryPointRegistry's hooks -----------------------------------------------------------
 
@@ -134,6 +126,9 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
     def _accept(self, ep: EntryPoint, item: LoadedLibrary) -> None:
         self.libraries[ep.name] = item
 
+    def _loaded(self) -> dict[str, LoadedLibrary]:
+        return self.libraries
+
     def _core_requirement(self, ep: EntryPoint, item: LoadedLibrary) -> str:
         # the manifest's own field: a manifest is data a plugin may ship without a distribution
         return item.spec.requires_core
@@ -152,16 +147,9 @@ def test_plugins_enabled() -> bool:
     return os.environ.get(TEST_PLUGINS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-@lru_cache(maxsize=1)
-def _cached_registry() -> LibraryRegistry:
-    return LibraryRegistry.from_entry_points()
-
-
-def registry(refresh: bool = False) -> LibraryRegistry:
-    """The process-wide registry of installed plugins (discovered once, on first use)."""
-    if refresh:
-        _cached_registry.cache_clear()
-    return _cached_registry()
+#: The process-wide registry of installed plugins: `registry()`, `registry(refresh=True)`.
+registry = Installed(LibraryRegistry.from_entry_points)
+_cached_registry = registry  # its old name
 
 
 def get_library(name: str) -> EnvLibrarySpec:

@@ -392,9 +392,9 @@ def _run_batch(
         for (library, _), members in by_library.items():
             workers = config.num_workers or _default_workers(len(members), len(libraries))
             for chunk in np.array_split(np.asarray(members), min(workers, len(members))):
-                pool, live = _open_pool(library, chunk.tolist(), slots, config, backend, console)
+                pool, alive = _open_pool(library, chunk.tolist(), slots, config, backend, console)
                 if pool is not None:
-                    pools.append(_PoolRun(library, pool, live))
+                    pools.append(_PoolRun(library, pool, alive))
         if not pools:
             return
         # the batch the policies see: the slots of live pools, pool after pool
