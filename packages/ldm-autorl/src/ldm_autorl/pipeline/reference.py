@@ -132,7 +132,7 @@ def chosen_table(
     table = Table(title=f"reference candidates of {library}")
     table.add_column("envs", overflow="fold")
     table.add_column(f"top {top_n} that fit (rank)", overflow="fold")
-    for names, envs in groups.items():
-        picked = ", ".join(f"{n} (#{rank_of[n]})" for n in names) or "none fits: no run"
+    for group, envs in groups.items():
+        picked = ", ".join(f"{n} (#{rank_of[n]})" for n in group) or "none fits: no run"
         table.add_row(", ".join(envs), picked)
     return table
