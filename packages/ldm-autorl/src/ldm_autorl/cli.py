@@ -7,6 +7,7 @@ from typing import Annotated
 
 import polars as pl
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ldm_autorl import layout, pipeline
@@ -153,6 +154,10 @@ def _print_decisions(df: pl.DataFrame, library: str) -> None:
     )
 
 
+def _print_ranking(table: pl.DataFrame, outcome: pipeline.StageOutcome, library: str) -> None:
+    _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
+
+
 def _print_frame(df: pl.DataFrame, title: str) -> None:
     table = Table(title=title)
     for col in df.columns:
@@ -184,13 +189,14 @@ def list_candidates(
         ok = sub.filter(pl.col("compatible"))["candidate"].to_list()
         console.print(f"[bold]{env_id}[/]: {len(ok)} candidates: {', '.join(ok) or '-'}")
         for row in sub.filter(~pl.col("compatible")).iter_rows(named=True):
-            console.print(f"    [dim]{row['candidate']}: {row['reason']}[/]", highlight=False)
+            reason = escape(row["reason"])
+            console.print(f"    [dim]{row['candidate']}: {reason}[/]", highlight=False)
     if not candidate:  # the one place broken plugins speak up unasked (as `ldm-envs list`)
         from ldm_autorl.candidates import registry as candidate_registry
 
         for name, why in sorted(candidate_registry().broken.items()):
             kind = "candidate" if ":" in name else "plugin"
-            console.print(f"[yellow]broken {kind} {name}:[/] {why}", highlight=False)
+            console.print(f"[yellow]broken {kind} {name}:[/] {escape(why)}", highlight=False)
 
 
 @app.command()
@@ -232,7 +238,7 @@ def rank(
         backend=backend,
         max_restarts=max_restarts,
     )
-    _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
+    _print_ranking(table, outcome, library)
     if outcome.failures:
         raise typer.Exit(1)
 
@@ -346,7 +352,7 @@ def show_dataset(
 
 
 def _warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.command("verify")
@@ -499,7 +505,7 @@ def run(
     spec = get_library(library)
     for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
         spec.env(env_id)
-    pipeline.rank(
+    ranking, ranked = pipeline.rank(
         library,
         executor=ex,
         root=data_root,
@@ -509,6 +515,7 @@ def run(
         backend=backend,
         max_restarts=max_restarts,
     )
+    _print_ranking(ranking, ranked, library)  # then `train` prints the top-N each env gets
     pipeline.train(
         library,
         executor=ex,

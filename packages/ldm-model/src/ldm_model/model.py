@@ -165,7 +165,8 @@ class LDM(nn.Module):
                 pad_token_id=None,
                 bos_token_id=None,
                 eos_token_id=None,
-                attn_implementation=attention,
+                # PreTrainedConfig takes it; the strict dataclass signature does not list it
+                attn_implementation=attention,  # type: ignore[call-arg]
             )
         )
         self.decoder = nn.Linear(c.hidden_size, c.act_dims * c.n_bins)

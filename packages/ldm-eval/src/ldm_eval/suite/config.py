@@ -14,7 +14,6 @@ import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,6 +29,7 @@ from pydantic import (
 )
 
 from ldm_envs.backends import BACKENDS
+from ldm_envs.errors import validation_lines
 from ldm_envs.paths import data_home
 from ldm_eval.errors import SuiteError
 
@@ -73,7 +73,7 @@ class LibraryConfig(BaseModel):
     #: Env ids to train reference runs on, train the model on and evaluate (None: every env the
     #: library declares, up to the 250 cap). Ranking always uses the library's ranking subset.
     envs: list[str] | None = Field(default=None, min_length=1)
-    #: Candidates to rank (None: every registered candidate; `ldm-autorl candidates LIB`).
+    #: Candidates to rank (None: every registered candidate; `ldm-autorl list LIB`).
     candidates: list[str] | None = Field(default=None, min_length=1)
     top_n: int = Field(default=3, gt=0)
     rank_budget: int = Field(default=10_000, gt=0)
@@ -174,7 +174,7 @@ class ModelSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    #: Named config (`ldm-model configs`).
+    #: Named config (`ldm-model list`).
     config: str = "tiny"
     steps: int = Field(default=2000, gt=0)
     #: Global batch in windows (None: the config's default).
@@ -374,10 +374,6 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _loc(loc: Sequence[int | str]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 @functools.cache
 def _unknown_candidates(library: str, names: tuple[str, ...]) -> str | None:
     """Why `ldm-autorl` refuses these candidate names for `library`, or None when it knows them.
@@ -393,14 +389,14 @@ def _unknown_candidates(library: str, names: tuple[str, ...]) -> str | None:
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"could not ask `ldm-autorl candidates` about them: {exc}"
+        return f"could not ask `ldm-autorl list` about them: {exc}"
     if proc.returncode == 0:
         return None
     for line in proc.stderr.splitlines():
         if line.startswith("error:"):
             return line.removeprefix("error:").strip().removeprefix("--candidate: ")
     tail = " ".join(proc.stderr.strip().splitlines()[-3:])
-    return f"`ldm-autorl candidates {library}` failed (exit {proc.returncode}): {tail}"
+    return f"`ldm-autorl list {library}` failed (exit {proc.returncode}): {tail}"
 
 
 def _candidate_problems(suite: Suite) -> list[str]:
@@ -444,11 +440,8 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: field {_loc(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        ]
-        raise SuiteError("\n".join(lines)) from None
+        lines = validation_lines(exc, root="(top level)")
+        raise SuiteError("\n".join(f"{path}: {line}" for line in lines)) from None
     problems = _candidate_problems(suite)
     if problems:
         raise SuiteError("\n".join(f"{path}: {p}" for p in problems))

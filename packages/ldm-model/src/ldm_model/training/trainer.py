@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ldm_model.batch import Batch
 from ldm_model.errors import NonFiniteLossError, ResumeError, TrainingError
@@ -225,7 +226,10 @@ class TrainStep:
         for first in range(0, share, micro):
             part = batch if micro >= share else batch.select(slice(first, first + micro))
             last = first + micro >= share
-            sync = self.module.no_sync() if (self.ctx.world > 1 and not last) else _nothing()
+            # wrap_ddp gave a DDP module exactly when the world holds several processes
+            sync: contextlib.AbstractContextManager[None] = _nothing()
+            if isinstance(self.module, DistributedDataParallel) and not last:
+                sync = self.module.no_sync()
             with sync, attention_context(self.config.attention):
                 try:
                     with torch.autocast(
@@ -290,6 +294,8 @@ class Trainer:
         self.console = console
         self.model_config = config.resolved_model()
         self.out = Path(config.out) if config.out is not None else default_out(config)
+        assert config.batch_size is not None  # TrainConfig's validator resolves None
+        self.batch_size = config.batch_size
         if config.batch_size % ctx.world:
             raise TrainingError(
                 f"batch_size {config.batch_size} does not divide by the {ctx.world} DDP processes"
@@ -366,7 +372,7 @@ class Trainer:
         return self.engine(
             batch,
             step=step,
-            env_ids=lambda: self.sampler.batch_env_ids(step, self.config.batch_size),
+            env_ids=lambda: self.sampler.batch_env_ids(step, self.batch_size),
         )
 
     # -- the loop -----------------------------------------------------------------------------
@@ -448,7 +454,7 @@ class Trainer:
         config, ctx = self.config, self.ctx
         loader = make_loader(
             self.sampler,
-            batch_size=config.batch_size,
+            batch_size=self.batch_size,
             start_step=self.start_step,
             steps=end - self.start_step,
             rank=ctx.rank,
