@@ -115,6 +115,10 @@ def train(
     compile: Annotated[
         bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer")
     ] = False,
+    parallel: Annotated[
+        str,
+        typer.Option(help="ddp | fsdp (shard parameters and AdamW state over the processes)"),
+    ] = "ddp",
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="run folder (default <data home>/models/<model>-<hash>)"),
@@ -169,6 +173,7 @@ def train(
         fused_adamw=fused_adamw,
         attention=attention,
         compile=compile,
+        parallel=parallel,
         out=out,
         mlflow=track,
         eval_every=eval_every,

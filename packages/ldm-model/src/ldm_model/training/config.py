@@ -8,10 +8,11 @@ Fields fall in three groups, and the split is what makes resuming and tracking w
 - `steps`: the length of the run. A finished run can be extended by asking for more steps with
   the same `out` (it is part of the MLflow run key, so the extension is its own MLflow run);
 - how the run is carried out (`out`, `num_workers`, `device`, logging, checkpoint and
-  evaluation cadence, `mlflow`, and the GPU execution options `fused_adamw`, `attention`,
-  `compile`): free to change between a run and its resumption. The execution options change
-  the arithmetic's rounding, not the computation: the same weights and batch give the same
-  logits within float tolerance under each (tests/ldm_model/test_gpu_path.py).
+  evaluation cadence, `mlflow`, the GPU execution options `fused_adamw`, `attention`,
+  `compile`, and `parallel`, DDP or FSDP): free to change between a run and its resumption.
+  The execution options change the arithmetic's rounding, not the computation: the same
+  weights and batch give the same logits within float tolerance under each
+  (tests/ldm_model/test_gpu_path.py, tests/ldm_model/test_nodes.py).
 
 Weight decay: the paper names AdamW (0.9, 0.999, 1e-8) at a constant 2.5e-4 and no decay value;
 we keep PyTorch's AdamW default of 0.01, applied to the weights of linear and convolutional
@@ -50,6 +51,7 @@ EXECUTION_FIELDS: frozenset[str] = frozenset(
         "fused_adamw",
         "attention",
         "compile",
+        "parallel",
     }
 )
 #: Fields that may change between a run and its resumption besides the execution ones.
@@ -58,6 +60,7 @@ EXTENSIBLE_FIELDS: frozenset[str] = frozenset({"steps"})
 Precision = Literal["auto", "fp32", "bf16"]
 Weighting = Literal["env", "transitions", "library"]
 Attention = Literal["auto", "eager", "sdpa", "flash"]
+Parallel = Literal["ddp", "fsdp"]
 
 
 class TrainConfig(BaseModel):
@@ -106,6 +109,11 @@ class TrainConfig(BaseModel):
     #: torch.compile the backbone (the transformer, nearly all of the FLOPs); the first steps
     #: pay for the compilation.
     compile: bool = False
+    #: How several processes share the model: "ddp" (a full replica on each, gradients
+    #: averaged) or "fsdp" (parameters, gradients and AdamW's state sharded over the ranks
+    #: with torch's `fully_shard`, for a model that does not fit one device). The same
+    #: updates either way; checkpoints hold full state dicts, loadable by one process.
+    parallel: Parallel = "ddp"
     #: Run folder: checkpoints, metrics.jsonl, loss_curve.png (None: under the data home,
     #: named after the run key, so the same command resumes the same run).
     out: Path | None = None
@@ -218,6 +226,7 @@ __all__ = [
     "EXTENSIBLE_FIELDS",
     "PAPER_BATCH_SIZE",
     "Attention",
+    "Parallel",
     "Precision",
     "TrainConfig",
     "Weighting",

@@ -11,10 +11,14 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from ldm_model.model import LDM
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,102 @@ def wrap_ddp(module: nn.Module, ctx: DistContext, *, find_unused_parameters: boo
     )
 
 
+def shard_fsdp(ldm: LDM, ctx: DistContext) -> None:
+    """Shard `ldm` in place over the ranks with torch's FSDP2 `fully_shard`.
+
+    Each decoder layer of the backbone is its own unit (its parameters are gathered just
+    before it runs and freed after), the rest (embeddings, image encoder, action decoder)
+    forms the root unit. The trainer calls `ldm.loss_terms`, not `forward`, so that method
+    is registered to gather the root's parameters too. Parameter names do not change, so the
+    optimizer's parameter order, and with it the checkpoint format, is the one of DDP.
+
+    Raises:
+        RuntimeError: this torch has no FSDP2 (`torch.distributed.fsdp.fully_shard`, 2.6+).
+    """
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+    except ImportError as exc:  # pragma: no cover - the lock pins a torch that has it
+        raise RuntimeError(
+            f"parallel 'fsdp' needs torch's FSDP2 (torch >= 2.6), this is {torch.__version__}"
+        ) from exc
+    mesh = init_device_mesh(ctx.device.type, (ctx.world,))
+    layers: Any = ldm.backbone.layers
+    for layer in layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(ldm, mesh=mesh)
+    register_fsdp_forward_method(ldm, "loss_terms")
+
+
+def _full_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def gather_full_state(
+    ldm: nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The full (unsharded) weights and AdamW state of an FSDP model, on rank 0's CPU.
+
+    A collective: every rank must call it; the others get empty dicts. The optimizer state
+    comes keyed by parameter index in optimizer order, as `optimizer.state_dict()` gives it
+    for an unsharded model, so a checkpoint saved under FSDP is the one DDP would write.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    model_state = get_model_state_dict(ldm, options=_full_options())
+    by_name = get_optimizer_state_dict(ldm, optimizer, options=_full_options())
+    if not model_state:
+        return {}, {}
+    names = [n for group in by_name["param_groups"] for n in group["params"]]
+    index = {n: i for i, n in enumerate(names)}
+    groups = [
+        {**group, "params": [index[n] for n in group["params"]]}
+        for group in by_name["param_groups"]
+    ]
+    state = {index[n]: values for n, values in by_name["state"].items()}
+    return model_state, {"state": state, "param_groups": groups}
+
+
+def load_full_state(
+    ldm: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    names: list[str],
+) -> None:
+    """Load full weights and AdamW state (keyed by index, as saved) into an FSDP model.
+
+    Every rank passes the full state it read; each keeps its own shard. `names` are the
+    parameter names in optimizer order (what the saved indices mean).
+
+    Raises:
+        RuntimeError: the weights do not fit the model (strict: every tensor must match).
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_model_state_dict(ldm, model_state, options=StateDictOptions(full_state_dict=True))
+    by_name = {
+        "state": {names[int(i)]: values for i, values in optimizer_state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[int(i)] for i in group["params"]]}
+            for group in optimizer_state["param_groups"]
+        ],
+    }
+    # not strict: a parameter that never had a gradient (the image encoder without images)
+    # has no AdamW state, as in `optimizer.state_dict()`; the names were checked on reading
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_optimizer_state_dict(ldm, optimizer, by_name, options=options)
+
+
 @contextlib.contextmanager
 def distributed(device: str = "auto") -> Iterator[DistContext]:
     """`init_distributed` for the duration of a block."""
@@ -143,8 +243,11 @@ def distributed(device: str = "auto") -> Iterator[DistContext]:
 __all__ = [
     "DistContext",
     "distributed",
+    "gather_full_state",
     "init_distributed",
+    "load_full_state",
     "pick_device",
+    "shard_fsdp",
     "shutdown_distributed",
     "wrap_ddp",
 ]

@@ -125,8 +125,11 @@ def load_resume_state(
     *,
     out: Path,
     model_config: ModelConfig,
+    sharded: bool = False,
 ) -> tuple[int, int]:
     """Load `latest`'s weights and optimizer state; returns its step and transitions seen.
+
+    `sharded`: `ldm` is sharded by FSDP; each rank keeps its shards of the full state.
 
     Raises:
         ResumeError: the checkpoint does not load (naming it and what to do).
@@ -134,10 +137,15 @@ def load_resume_state(
     try:
         # its files' hashes were checked when `check_resumable` chose it
         ckpt = load_checkpoint(latest, expected_config=model_config, verify=False)
-        ckpt.load_into(ldm)
         names = optimizer_param_names(ldm, optimizer)
-        optimizer.load_state_dict(ckpt.optimizer_state(names))
-    except (CheckpointError, ValueError, KeyError) as exc:
+        if sharded:
+            from ldm_model.training.distributed import load_full_state
+
+            load_full_state(ldm, optimizer, ckpt.model_state, ckpt.optimizer_state(names), names)
+        else:
+            ckpt.load_into(ldm)
+            optimizer.load_state_dict(ckpt.optimizer_state(names))
+    except (CheckpointError, ValueError, KeyError, RuntimeError) as exc:
         raise ResumeError(
             f"cannot resume the run in {out}: {exc}. Delete {latest} to resume "
             "from the previous checkpoint, or train into another --out"

@@ -37,7 +37,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -61,7 +61,9 @@ from ldm_model.training.checkpoint import (
 from ldm_model.training.config import TrainConfig
 from ldm_model.training.distributed import (
     DistContext,
+    gather_full_state,
     init_distributed,
+    shard_fsdp,
     shutdown_distributed,
     wrap_ddp,
 )
@@ -152,7 +154,9 @@ class TrainStep:
     one alone on synthetic batches, so the benchmark measures the step training runs. The
     execution options of the config apply here: bf16 autocast (`precision`, CUDA only), the
     attention implementation and its kernel (`attention`), AdamW's fused kernel
-    (`fused_adamw`) and `torch.compile` of the backbone (`compile`).
+    (`fused_adamw`), `torch.compile` of the backbone (`compile`), and DDP or FSDP
+    (`parallel`): under FSDP the model is sharded before AdamW is made, so AdamW holds (and
+    updates) each rank's shards only.
     """
 
     def __init__(self, config: TrainConfig, *, ctx: DistContext, has_images: bool) -> None:
@@ -177,15 +181,43 @@ class TrainStep:
         # fed with inputs_embeds: the backbone's token table never gets a gradient
         self.ldm.backbone.embed_tokens.weight.requires_grad_(False)
         self.ldm.to(self.device)
-        self.optimizer = make_optimizer(self.ldm, config, self.device)
-        if ctx.world > 1 and not has_images:
-            # never used without images: DDP must not wait for its gradients
+        #: FSDP shards: parameters, gradients and AdamW's state are split over the ranks.
+        self.sharded = config.parallel == "fsdp" and ctx.world > 1
+        if self.sharded:
+            if has_images:
+                raise TrainingError(
+                    "parallel 'fsdp' does not train on image envs yet (a rank without an image "
+                    "window would skip the image encoder's collectives): use --parallel ddp, "
+                    "or leave the image envs out (--library/--env)"
+                )
+            if config.compile:
+                self.ldm.backbone.compile()
+            shard_fsdp(self.ldm, ctx)
+            self.optimizer = make_optimizer(self.ldm, config, self.device)
+            # frozen after AdamW is made, as under DDP (same parameter list, same checkpoint):
+            # FSDP would otherwise hand it zero gradients, and AdamW would decay its weights
             self.ldm.image_encoder.requires_grad_(False)
-        if config.compile:
-            # in place: the state dict keeps its keys, checkpoints stay loadable uncompiled
-            self.ldm.backbone.compile()
-        self.module = wrap_ddp(LossTerms(self.ldm), ctx, find_unused_parameters=has_images)
+            self.module: torch.nn.Module = LossTerms(self.ldm)
+        else:
+            self.optimizer = make_optimizer(self.ldm, config, self.device)
+            if ctx.world > 1 and not has_images:
+                # never used without images: DDP must not wait for its gradients
+                self.ldm.image_encoder.requires_grad_(False)
+            if config.compile:
+                # in place: the state dict keeps its keys, checkpoints stay loadable uncompiled
+                self.ldm.backbone.compile()
+            self.module = wrap_ddp(LossTerms(self.ldm), ctx, find_unused_parameters=has_images)
         self.params = [p for p in self.ldm.parameters() if p.requires_grad]
+
+    def full_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+        """FSDP's full weights and AdamW state, on rank 0 (others: empty dicts).
+
+        A collective: every rank calls it. None without FSDP, where the checkpoint reads the
+        model and AdamW directly.
+        """
+        if not self.sharded:
+            return None
+        return gather_full_state(self.ldm, self.optimizer)
 
     def __call__(
         self, batch: Batch, *, step: int = 0, env_ids: Callable[[], list[str]] = list
@@ -230,6 +262,9 @@ class TrainStep:
             sync: contextlib.AbstractContextManager[None] = _nothing()
             if isinstance(self.module, DistributedDataParallel) and not last:
                 sync = self.module.no_sync()
+            if self.sharded:
+                # FSDP's no_sync: reduce-scatter the gradients on the last micro-batch only
+                self.ldm.set_requires_gradient_sync(last)  # type: ignore[operator]
             with sync, attention_context(self.config.attention):
                 try:
                     with torch.autocast(
@@ -248,7 +283,11 @@ class TrainStep:
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(step, env_ids(), "loss", loss)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.sharded:
+            # a DTensor under FSDP: the norm over every rank's shards
+            norm = norm.full_tensor()  # type: ignore[attr-defined]
+        grad_norm = float(norm)
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(step, env_ids(), "gradient norm", grad_norm)
@@ -351,6 +390,7 @@ class Trainer:
                     self.optimizer,
                     out=self.out,
                     model_config=self.model_config,
+                    sharded=self.engine.sharded,
                 )
         agreed = self.ctx.all_reduce_max(step)
         if agreed != step:
@@ -377,11 +417,19 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
 
-    def save(self, step: int, metrics: dict[str, float], run_id: str | None) -> Path:
+    def save(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        run_id: str | None,
+        full_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    ) -> Path:
+        """Write the checkpoint of `step` (rank 0); `full_state`: FSDP's gathered state."""
         return save_checkpoint(
             self.out,
             model=self.ldm,
             optimizer=self.optimizer,
+            state=full_state,
             train_config=self.config,
             step=step,
             dataset=self.dataset,
@@ -481,11 +529,12 @@ class Trainer:
                 else:
                     bar.update(done, None)
                 if done % config.checkpoint_every == 0 or done == end:
+                    full_state = self.engine.full_state()  # every rank: a collective
                     if ctx.is_main:
                         metrics = dict(result.history[-1]) if result.history else {}
                         metrics["transitions"] = float(self.transitions)
                         metrics.pop("step", None)
-                        result.checkpoint = self.save(done, metrics, tracking.run_id)
+                        result.checkpoint = self.save(done, metrics, tracking.run_id, full_state)
                         tracking.checkpoint(result.checkpoint)
                     else:
                         result.checkpoint = self.out / CHECKPOINTS_DIR / step_dir_name(done)

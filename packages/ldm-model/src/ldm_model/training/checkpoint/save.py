@@ -69,12 +69,16 @@ def save_checkpoint(
     world_size: int = 1,
     keep: int | None = None,
     num_parameters: int | None = None,
+    state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
 ) -> Path:
     """Write `out/checkpoints/step-<step>/` atomically; keep only the newest `keep`.
 
     Returns the step folder. A folder for the same step is replaced. `num_parameters`
     defaults to `model.num_parameters()` (the trainer passes the count taken before it froze
-    the unused token table).
+    the unused token table). `state`: the weights and AdamW state to write instead of
+    `model`'s and `optimizer`'s (FSDP's full state gathered from the shards, AdamW's keyed
+    by parameter index as `optimizer.state_dict()` does); names come from `model` and
+    `optimizer` either way.
     """
     from safetensors.torch import save_file
 
@@ -84,9 +88,9 @@ def save_checkpoint(
     tmp = folder / f"{_TMP_PREFIX}{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp / MODEL_FILE, metadata={"format": "pt", "ldm_step": str(step)})
-        opt = optimizer.state_dict()
+        weights, opt = state if state is not None else (model.state_dict(), optimizer.state_dict())
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+        save_file(weights, tmp / MODEL_FILE, metadata={"format": "pt", "ldm_step": str(step)})
         tensors: dict[str, torch.Tensor] = {}
         other: dict[str, dict[str, Any]] = {}
         for pid, values in opt["state"].items():
