@@ -13,11 +13,13 @@ from rich.table import Table
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from ldm_envs.checker import EnvCheck, check_library, last_check, show_env_check
 from ldm_envs.cli_app import make_app
+from ldm_envs.cli_options import config_options
 from ldm_envs.console import make_console
 from ldm_envs.errors import LDMEnvsError
 from ldm_envs.inputs import require_positive_all
 from ldm_envs.manifest import write_manifest
 from ldm_envs.plugins import registry
+from ldm_envs.probe_config import ProbeConfig
 
 app = make_app(
     "Env libraries, each isolated (venv, docker, inprocess), behind one batched API.",
@@ -215,15 +217,20 @@ def new(
 
 
 @app.command()
+@config_options(
+    ProbeConfig,
+    "steps",
+    "num_envs",
+    check=lambda v: require_positive_all({"--steps": v["steps"], "--num-envs": v["num_envs"]}),
+)
 def check(
     library: str,
     backend: BackendOpt = DEFAULT_BACKEND,
-    steps: Annotated[int, typer.Option(help="batched random steps per env")] = 200,
-    num_envs: Annotated[int, typer.Option(help="copies of each env")] = 2,
+    *,
+    config: ProbeConfig,
     env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
 ) -> None:
     """Random rollouts of every declared env, verifying spaces against what comes back."""
-    require_positive_all({"--steps": steps, "--num-envs": num_envs})
     spec = registry().get(library)
     backend_obj = get_backend(backend, console=err)
 
@@ -232,8 +239,8 @@ def check(
         spec,
         backend_obj,
         env_ids=env,
-        steps=steps,
-        num_envs=num_envs,
+        steps=config.steps,
+        num_envs=config.num_envs,
         on_env=partial(show_env_check, console),
     )
     good = sum(e.ok for e in report.envs)
