@@ -4,15 +4,14 @@ One model for the whole stage (rank -> train -> filter): `ldm-autorl`'s options 
 from its fields (`ldm_envs.cli_options`), so each default and help text is written here once,
 and a suite library (`ldm_eval.suite.config.LibraryConfig`) embeds it. The budgets, top-N,
 candidates, env ids, seeds, backend and random episodes decide what the stage makes; the
-executor, its address, the parallel runs and the restarts only how it runs.
+executor, its address, the parallel runs and the restarts only how it runs. A light module
+(pydantic only): the suite loads it without SB3, and the stage's modules take their defaults
+from it (`jobs.MAX_WORKER_RESTARTS`, `random_baseline.DEFAULT_EPISODES`, the budgets).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from ldm_autorl.jobs import MAX_WORKER_RESTARTS
-from ldm_autorl.random_baseline import DEFAULT_EPISODES as DEFAULT_RANDOM_EPISODES
 
 __all__ = ["EXECUTION_FIELDS", "AutoRLConfig"]
 
@@ -41,7 +40,7 @@ class AutoRLConfig(BaseModel):
     seeds: list[int] = Field(default=[0], min_length=1, description="seed(s), repeatable")
     backend: str = Field(default="venv", description="isolation backend: venv | docker")
     random_episodes: int = Field(
-        default=DEFAULT_RANDOM_EPISODES,
+        default=20,
         ge=0,
         description="episodes of a random policy per env, the bar a reference must clear and "
         "the zero of %-of-zoo (measured once per data root; 0: skip)",
@@ -54,7 +53,7 @@ class AutoRLConfig(BaseModel):
         default=None, gt=0, description="parallel runs (local executor; default: cores)"
     )
     max_restarts: int = Field(
-        default=MAX_WORKER_RESTARTS,
+        default=3,
         ge=0,
         description="env-worker restarts a run survives (each cuts its envs' episodes, which "
         "are marked and left out of the statistics); one more fails the run, naming the cause",

@@ -50,7 +50,7 @@ class EvaluateConfig(EvalConfig):
 
     def protocol(self, episodes: int | None = None) -> EvalConfig:
         """The protocol's settings alone (`episodes` overriding its own)."""
-        data = self.model_dump(include=set(EvalConfig.model_fields))
+        data = self.model_dump(include=set(EvalConfig.model_fields), by_alias=False)
         if episodes is not None:
             data["episodes"] = episodes
         return EvalConfig(**data)
