@@ -5,13 +5,16 @@ from its fields (`ldm_envs.cli_options`), so each default and help text is writt
 and a suite library (`ldm_eval.suite.config.LibraryConfig`) embeds it. The budgets, top-N,
 candidates, env ids, seeds, backend and random episodes decide what the stage makes; the
 executor, its address, the parallel runs and the restarts only how it runs. A light module
-(pydantic only): the suite loads it without SB3, and the stage's modules take their defaults
-from it (`jobs.MAX_WORKER_RESTARTS`, `random_baseline.DEFAULT_EPISODES`, the budgets).
+(pydantic and `ldm_envs.backends`): the suite loads it without SB3, and the stage's modules
+take their defaults from it (`jobs.MAX_WORKER_RESTARTS`, `random_baseline.DEFAULT_EPISODES`,
+the budgets).
 """
 
 from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND
 
 __all__ = ["EXECUTION_FIELDS", "AutoRLConfig"]
 
@@ -38,7 +41,7 @@ class AutoRLConfig(BaseModel):
         description="reference runs on these env ids only (default: all)",
     )
     seeds: list[int] = Field(default=[0], min_length=1, description="seed(s), repeatable")
-    backend: str = Field(default="venv", description="isolation backend: venv | docker")
+    backend: str = Field(default=DEFAULT_BACKEND, description="isolation backend: venv | docker")
     random_episodes: int = Field(
         default=20,
         ge=0,
@@ -62,8 +65,6 @@ class AutoRLConfig(BaseModel):
     @field_validator("backend")
     @classmethod
     def _backend(cls, value: str) -> str:
-        from ldm_envs.backends import BACKENDS
-
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
         return value

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 __all__ = [
+    "ATTRIBUTE",
     "ConfigOptions",
     "FieldOption",
     "config_options",

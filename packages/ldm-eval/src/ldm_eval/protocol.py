@@ -35,7 +35,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
 
-from ldm_envs.backends import BACKENDS, Backend
+from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, Backend
 from ldm_envs.errors import LDMEnvsError, WorkerError
 from ldm_envs.plugins import get_library
 from ldm_envs.pool import EnvPool, SpaceModel, StepResult
@@ -92,7 +92,9 @@ class EvalConfig(BaseModel):
     rollouts: int = Field(default=2, gt=0, description="fresh rollouts per env")
     seed: int = Field(default=0, description="env seed of rollout 0 (rollout r: seed + r)")
     seeds: list[int] | None = None
-    backend: str = Field(default="venv", description=f"isolation backend: {', '.join(BACKENDS)}")
+    backend: str = Field(
+        default=DEFAULT_BACKEND, description=f"isolation backend: {', '.join(BACKENDS)}"
+    )
     num_workers: int | None = Field(
         default=None,
         gt=0,
