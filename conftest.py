@@ -10,7 +10,11 @@ from pathlib import Path
 import pytest
 
 from ldm_envs.manifest import EnvLibrarySpec
-from ldm_envs.plugins import registry
+from ldm_envs.plugins import TEST_PLUGINS_ENV, registry
+
+# the toy plugin is a test-only plugin (`ldm.env_libraries.test`): the tests, and the processes
+# they start, load it; users never see it
+os.environ[TEST_PLUGINS_ENV] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)

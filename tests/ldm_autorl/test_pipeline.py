@@ -155,6 +155,42 @@ def test_filter_tags_runs_and_builds_the_index(ranked, root):
     assert "kept transitions" in result.output
 
 
+def test_run_prints_its_ranking_and_another_top_n_reuses_the_runs(ranked, root):
+    """Issue 13: `run` never showed the ranking it chose, and a new --top-n was a traceback."""
+    args = [
+        *("run", "toy", "--dataset", str(root), "--random-episodes", "4"),
+        *("--rank-budget", str(BUDGET), "--train-budget", str(BUDGET)),
+        *("--env", "ShortCartPole-v1", "--env", "Pendulum-v1"),
+        *[a for c in CANDIDATES for a in ("--candidate", c)],
+    ]
+    best = pipeline.load_ranking(root, "toy")
+    assert sorted(best) == sorted(CANDIDATES)
+    reference = root / "runs" / "reference"
+    before = sorted(reference.rglob("*.json"))
+    for top_n in (1, 2):
+        result = CliRunner().invoke(app, [*args, "--top-n", str(top_n)], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        out = result.output
+        assert "ranking of toy" in out and all(c in out for c in CANDIDATES)
+        assert "reference candidates of toy" in out and f"top {top_n} that fit (rank)" in out
+        table = out.split("reference candidates of toy")[1].split("└")[0]
+        rows = [line.split("│")[1:3] for line in table.splitlines() if line.startswith("│")]
+        # envs given the same candidates share a row
+        chosen = {e.strip(): c.strip() for envs, c in rows for e in envs.split(",")}
+        assert set(chosen) == {"ShortCartPole-v1", "Pendulum-v1"}
+        # Pendulum's box actions fit a2c only, whatever N; ShortCartPole gets the top N
+        assert chosen["Pendulum-v1"] == f"a2c-default (#{best.index('a2c-default') + 1})"
+        assert chosen["ShortCartPole-v1"] == ", ".join(
+            f"{c} (#{i})" for i, c in enumerate(best[:top_n], 1)
+        )
+    after = sorted(reference.rglob("*.json"))
+    # top 1 was finished already (test_reference_runs_record_and_relabel); top 2 adds one run
+    assert set(before) < set(after) and len(after) == len(before) + 1
+    (parent,) = runs_with_tag("reference", layout.stage_key("reference", "toy", BUDGET))
+    assert parent.data.tags[tracking.TAG_TOP_N] == "1,2"
+
+
 def test_the_costliest_runs_are_planned_first(tmp_path):
     spec = library_registry().get("toy")
     reg = pipeline.candidate_registry()

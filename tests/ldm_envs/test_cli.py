@@ -22,6 +22,12 @@ def test_show_and_unknown_library():
     assert "toy" in result.output
 
 
+def test_show_prints_requirements_with_their_extras():
+    result = runner.invoke(app, ["show", "box2d"])
+    assert result.exit_code == 0, result.output
+    assert "requirements: gymnasium[box2d]==1.4.0" in result.output
+
+
 def test_check_reports_each_env_and_fails_on_a_broken_one():
     result = runner.invoke(app, ["check", "toy", "--steps", "10", "--env", "CartPole-v1"])
     assert result.exit_code == 0, result.output

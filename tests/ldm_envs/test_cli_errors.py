@@ -106,3 +106,10 @@ def test_an_unexpected_exception_is_not_swallowed(monkeypatch):
     monkeypatch.setattr(cli, "registry", boom)
     result = runner.invoke(app, ["show", "toy"])
     assert isinstance(result.exception, RuntimeError)
+
+
+def test_an_error_keeps_its_square_brackets():
+    """Rich reads `[y]` as markup: an error quoting a requirement's extras must print it intact."""
+    result = runner.invoke(app, ["show", "gymnasium[box2d]"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: unknown env library 'gymnasium[box2d]'")

@@ -51,12 +51,12 @@ def test_a_terminal_is_left_to_rich(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_cli_table_piped_to_a_file_keeps_its_columns(tmp_path) -> None:
-    """`ldm-model configs > log` with no terminal at all (stdin, stdout, stderr redirected)."""
+    """`ldm-model list > log` with no terminal at all (stdin, stdout, stderr redirected)."""
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
     log = tmp_path / "log"
     with log.open("w") as out:
         subprocess.run(
-            [sys.executable, "-m", "ldm_model.cli", "configs"],
+            [sys.executable, "-m", "ldm_model.cli", "list"],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.DEVNULL,

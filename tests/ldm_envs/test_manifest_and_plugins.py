@@ -5,7 +5,7 @@ import yaml
 
 from ldm_envs.errors import ManifestError, PluginError, UnknownEnvError, UnknownLibraryError
 from ldm_envs.manifest import parse_manifest, read_manifest, write_manifest
-from ldm_envs.plugins import ENTRY_POINT_GROUP, LibraryRegistry, registry
+from ldm_envs.plugins import ENTRY_POINT_GROUP, TEST_PLUGINS_ENV, LibraryRegistry, registry
 
 MOD = "tests.ldm_envs.broken_plugins"
 
@@ -20,6 +20,30 @@ def test_toy_plugin_is_discovered_through_its_entry_point(toy):
     assert entry.source is not None and entry.source.name == "manifest.yaml"
     assert toy.env_ids[:2] == ["CartPole-v1", "Pendulum-v1"]
     assert toy.ranking_envs == toy.env_ids[:4]
+
+
+def test_test_plugins_are_hidden_from_users(monkeypatch):
+    """`toy` is installed by the dev group, yet only tests (which set the variable) see it."""
+    from typer.testing import CliRunner
+
+    from ldm_envs.cli import app
+
+    monkeypatch.delenv(TEST_PLUGINS_ENV)
+    users = LibraryRegistry.from_entry_points()
+    assert "toy" not in users.names() and "toy" not in users.broken
+    assert "classic-control" in users.names()
+    try:
+        registry(refresh=True)
+        listed = CliRunner().invoke(app, ["list"])
+        assert listed.exit_code == 0, listed.output
+        assert "classic-control" in listed.output
+        assert "toy" not in listed.output.split()
+        shown = CliRunner().invoke(app, ["show", "toy"])
+        assert shown.exit_code == 1 and "unknown env library 'toy'" in shown.output
+    finally:
+        monkeypatch.setenv(TEST_PLUGINS_ENV, "1")
+        registry(refresh=True)
+    assert "toy" in LibraryRegistry.from_entry_points().names()
 
 
 def test_broken_plugins_are_named_and_never_hide_the_others():

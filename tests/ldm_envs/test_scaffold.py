@@ -234,6 +234,22 @@ def test_inside_a_workspace_the_steps_say_uv_add(tmp_path):
     )
 
 
+def test_cli_new_prints_its_steps_intact_inside_a_workspace(tmp_path):
+    """The steps name `[tool.uv.sources]` and `[tool.uv.workspace]`: no markup may eat them."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "w"\n\n[tool.uv.workspace]\nmembers = ["plugins/*"]\n'
+    )
+    for out, table in (("plugins", "[tool.uv.sources]"), ("extra", "[tool.uv.workspace]")):
+        result = runner.invoke(
+            app,
+            ["new", "scaffold-ws", "-r", "gymnasium[box2d]==1.4.0", "--out", str(tmp_path / out)],
+        )
+        assert result.exit_code == 0, result.output
+        text = " ".join(result.output.split())
+        assert f"{table}" in text, text
+    assert "adds it to the root dependencies and [tool.uv.sources], updates uv.lock" in text
+
+
 def test_generated_python_passes_the_repository_lint(tmp_path):
     pytest.importorskip("ruff")
     root = _scaffold(tmp_path, name="a-library-with-a-rather-long-name-to-lint")

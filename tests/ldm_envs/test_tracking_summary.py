@@ -14,8 +14,8 @@ from ldm_envs import tracking
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LDM_HOME", str(tmp_path / "home"))
+    # no reset of the experiment-id cache: it is keyed by the store's URI, new for each home
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.setattr(tracking, "_experiments", {})  # ids of this store only
     return tmp_path / "home"
 
 

@@ -116,4 +116,5 @@ def test_train_on_a_missing_shard_is_one_error_line(tmp_path: Path) -> None:
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, result.output
     assert f"shard {paths[1]} is missing: deleted" in errors[0]
-    assert "ldm-autorl dataset" in errors[0] and "Traceback" not in result.output
+    assert f"ldm-autorl show --dataset {root}" in errors[0], result.output
+    assert "Traceback" not in result.output

@@ -16,9 +16,18 @@
 #   LDM_DOCKER_GROUP    group owning the socket, if it exists (docker)
 #   LDM_DOCKERD_EXTRA_ARGS  more dockerd flags, word-split (e.g. "--bridge=none --iptables=false")
 #   LDM_DOCKER_NO_INSTALL=1   never call apt
+#   LDM_DOCKER_STATE    what the host was like before this script started dockerd ($LDM_DOCKER_EXEC.ldm-state)
+#   LDM_DOCKER_STOP_WAIT  seconds --stop waits for dockerd to exit before SIGKILL (30)
 #
 # Usage:  eval "$(tools/docker/start-engine.sh --export)"   # sets DOCKER_HOST in this shell
 #         tools/docker/start-engine.sh --check              # also test memory/pids limits
+#         tools/docker/start-engine.sh --stop               # undo what a start of this script did
+#
+# --stop undoes only what this script set up, from the state it recorded before starting dockerd:
+# it stops that dockerd, deletes the bridges that appeared (docker0), the iptables/ip6tables
+# rules and chains that appeared (DOCKER*, MASQUERADE), puts back the chain policies (FORWARD)
+# and ip_forward as they were, and unmounts the data root's self-bind-mount. An engine this
+# script did not start (no state) is left alone.
 set -euo pipefail
 
 SOCK="${LDM_DOCKER_SOCK:-/var/run/docker.sock}"
@@ -30,14 +39,18 @@ DRIVER="${LDM_DOCKER_DRIVER:-}"
 WAIT="${LDM_DOCKER_WAIT:-60}"
 GROUP="${LDM_DOCKER_GROUP:-docker}"
 HOST="unix://${SOCK}"
+STATE="${LDM_DOCKER_STATE:-${EXEC}.ldm-state}"
+STOP_WAIT="${LDM_DOCKER_STOP_WAIT:-30}"
 
 EXPORT_ONLY=0
 CHECK=0
+STOP=0
 for arg in "$@"; do
     case "$arg" in
         --export) EXPORT_ONLY=1 ;;
         --check) CHECK=1 ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        --stop) STOP=1 ;;
+        -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "start-engine.sh: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -158,13 +171,146 @@ check_limits() {
     [[ "$(echo "$out" | tail -n1)" == 32 ]] || die "pids limit not applied"
 }
 
+# -- the host's state before dockerd, and --stop putting it back --------------------------------
+
+IPT_TABLES=(filter nat mangle raw)
+
+ipt_families() {
+    local cmd
+    for cmd in iptables ip6tables; do
+        if command -v "$cmd" >/dev/null 2>&1; then echo "$cmd"; fi
+    done
+}
+
+bridges() {
+    ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | sort || true
+}
+
+record_state() {
+    # Written once, before dockerd starts; a start that finds a state already (an engine that
+    # died without --stop) keeps the older one: that is the host as it was before this script.
+    if [[ -d "$STATE" ]]; then
+        say "keeping the earlier state in $STATE (it predates that engine)"
+        return 0
+    fi
+    local tmp="${STATE}.tmp.$$" cmd table
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    cat /proc/sys/net/ipv4/ip_forward >"$tmp/ip_forward" 2>/dev/null || true
+    cat /proc/sys/net/ipv6/conf/all/forwarding >"$tmp/ip6_forward" 2>/dev/null || true
+    bridges >"$tmp/bridges"
+    if mountpoint -q "$DATA" 2>/dev/null; then
+        echo 1 >"$tmp/data_mounted"
+    else
+        echo 0 >"$tmp/data_mounted"
+    fi
+    for cmd in $(ipt_families); do
+        for table in "${IPT_TABLES[@]}"; do
+            "$cmd" -t "$table" -S >"$tmp/$cmd.$table" 2>/dev/null || rm -f "$tmp/$cmd.$table"
+        done
+    done
+    mv "$tmp" "$STATE"
+}
+
+undo_iptables() {
+    # Rules that appeared in chains that existed go one by one (`-A` -> `-D`); chains that
+    # appeared are flushed, then deleted (they may jump to one another); policies go back.
+    local cmd="$1" table="$2" before="$STATE/$1.$2" now line chain
+    if [[ ! -f "$before" ]]; then return 0; fi
+    if ! now="$("$cmd" -t "$table" -S 2>/dev/null)"; then return 0; fi
+    local -a new_chains=()
+    while IFS= read -r line; do
+        if [[ "$line" == "-N "* ]] && ! grep -qxF -- "$line" "$before"; then
+            new_chains+=("${line#-N }")
+        fi
+    done <<<"$now"
+    while IFS= read -r line; do
+        if [[ "$line" != "-A "* ]] || grep -qxF -- "$line" "$before"; then continue; fi
+        chain="${line#-A }"
+        chain="${chain%% *}"
+        if [[ " ${new_chains[*]} " == *" $chain "* ]]; then continue; fi  # flushed below
+        if ! eval "sudo_if_needed $cmd -t $table -D ${line#-A }"; then
+            say "could not delete ($cmd -t $table) $line"
+        fi
+    done <<<"$now"
+    for chain in "${new_chains[@]}"; do sudo_if_needed "$cmd" -t "$table" -F "$chain" || true; done
+    for chain in "${new_chains[@]}"; do
+        if ! sudo_if_needed "$cmd" -t "$table" -X "$chain"; then
+            say "could not delete chain ($cmd -t $table) $chain"
+        fi
+    done
+    while IFS= read -r line; do
+        if [[ "$line" != "-P "* ]] || grep -qxF -- "$line" <<<"$now"; then continue; fi
+        # shellcheck disable=SC2086  # "-P CHAIN POLICY": word splitting wanted
+        if ! sudo_if_needed "$cmd" -t "$table" ${line}; then
+            say "could not restore ($cmd -t $table) $line"
+        fi
+    done <"$before"
+    if ((${#new_chains[@]})); then say "$cmd -t $table: removed chains ${new_chains[*]}"; fi
+    return 0
+}
+
+write_sysctl() {  # file value
+    if [[ -f "$1" ]] && [[ -n "$2" ]]; then sudo_if_needed sh -c "echo $2 >$1"; fi
+}
+
+stop_engine() {
+    if [[ ! -d "$STATE" ]]; then
+        say "nothing to stop: no state in $STATE (the engine on $SOCK, if any, was not started by this script)"
+        return 0
+    fi
+    local pid="" waited=0 name cmd table
+    # dockerd's own pidfile first: the pid recorded at start may be setsid's, had it forked
+    pid="$(cat "$PIDFILE" 2>/dev/null || cat "$STATE/pid" 2>/dev/null || true)"
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null \
+        && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == dockerd ]]; then
+        say "stopping dockerd pid $pid"
+        kill -TERM "$pid"
+        while kill -0 "$pid" 2>/dev/null && ((waited < STOP_WAIT)); do
+            sleep 1
+            waited=$((waited + 1))
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "dockerd did not exit within ${STOP_WAIT}s: SIGKILL"
+            kill -KILL "$pid" || true
+            sleep 1
+        fi
+    else
+        say "dockerd ${pid:-(no pid recorded)} is not running"
+    fi
+    rm -f "$SOCK" "$PIDFILE"
+    while IFS= read -r name; do
+        if [[ -z "$name" ]] || grep -qxF -- "$name" "$STATE/bridges"; then continue; fi
+        if sudo_if_needed ip link delete "$name"; then say "deleted bridge $name"; fi
+    done < <(bridges)
+    for cmd in $(ipt_families); do
+        for table in "${IPT_TABLES[@]}"; do undo_iptables "$cmd" "$table"; done
+    done
+    write_sysctl /proc/sys/net/ipv4/ip_forward "$(cat "$STATE/ip_forward" 2>/dev/null || true)"
+    write_sysctl /proc/sys/net/ipv6/conf/all/forwarding "$(cat "$STATE/ip6_forward" 2>/dev/null || true)"
+    say "net.ipv4.ip_forward is $(cat /proc/sys/net/ipv4/ip_forward) (was $(cat "$STATE/ip_forward" 2>/dev/null || echo '?'))"
+    if [[ "$(cat "$STATE/data_mounted" 2>/dev/null)" == 0 ]] && mountpoint -q "$DATA" 2>/dev/null; then
+        if sudo_if_needed umount "$DATA"; then say "unmounted dockerd's bind mount of $DATA"; fi
+    fi
+    rm -rf "$STATE"
+    say "stopped; the host is as it was before start-engine.sh started dockerd"
+}
+
+if [[ "$STOP" == 1 ]]; then
+    stop_engine
+    exit 0
+fi
+
 DOCKERD_PID=""
 if engine_up; then
     say "engine already answering on $SOCK"
 else
     install_packages
     command -v dockerd >/dev/null 2>&1 || die "dockerd not found after install"
-    start_daemon "$(pick_driver)"
+    driver="$(pick_driver)"
+    record_state
+    start_daemon "$driver"
+    if [[ -n "$DOCKERD_PID" ]]; then echo "$DOCKERD_PID" >"$STATE/pid"; fi
     wait_engine || die "could not start dockerd"
     say "engine up: $("$DOCKER_CLI" -H "$HOST" info --format \
         'server {{.ServerVersion}}, storage {{.Driver}}, cgroup v{{.CgroupVersion}}' 2>/dev/null \

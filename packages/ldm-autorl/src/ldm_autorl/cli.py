@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import polars as pl
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ldm_autorl import layout, pipeline
@@ -165,6 +166,10 @@ def _print_decisions(df: pl.DataFrame, library: str) -> None:
     )
 
 
+def _print_ranking(table: pl.DataFrame, outcome: pipeline.StageOutcome, library: str) -> None:
+    _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
+
+
 def _print_frame(df: pl.DataFrame, title: str) -> None:
     table = Table(title=title)
     for col in df.columns:
@@ -196,13 +201,14 @@ def list_candidates(
         ok = sub.filter(pl.col("compatible"))["candidate"].to_list()
         console.print(f"[bold]{env_id}[/]: {len(ok)} candidates: {', '.join(ok) or '-'}")
         for row in sub.filter(~pl.col("compatible")).iter_rows(named=True):
-            console.print(f"    [dim]{row['candidate']}: {row['reason']}[/]", highlight=False)
+            reason = escape(row["reason"])
+            console.print(f"    [dim]{row['candidate']}: {reason}[/]", highlight=False)
     if not candidate:  # the one place broken plugins speak up unasked (as `ldm-envs list`)
         from ldm_autorl.candidates import registry as candidate_registry
 
         for name, why in sorted(candidate_registry().broken.items()):
             kind = "candidate" if ":" in name else "plugin"
-            console.print(f"[yellow]broken {kind} {name}:[/] {why}", highlight=False)
+            console.print(f"[yellow]broken {kind} {name}:[/] {escape(why)}", highlight=False)
 
 
 @app.command()
@@ -231,7 +237,7 @@ def rank(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> N
         backend=config.backend,
         max_restarts=config.max_restarts,
     )
-    _print_frame(table, f"ranking of {library} ({len(outcome.results)} runs)")
+    _print_ranking(table, outcome, library)
     if outcome.failures:
         raise typer.Exit(1)
 
@@ -323,7 +329,7 @@ def show_dataset(
 
 
 def _warning(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 @app.command("verify")
@@ -459,7 +465,7 @@ def run(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> No
     spec = get_library(library)
     for env_id in config.envs or []:  # a typo in --env fails now, not after the whole ranking
         spec.env(env_id)
-    pipeline.rank(
+    ranking, ranked = pipeline.rank(
         library,
         executor=ex,
         root=data_root,
@@ -469,6 +475,7 @@ def run(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> No
         backend=config.backend,
         max_restarts=config.max_restarts,
     )
+    _print_ranking(ranking, ranked, library)  # then `train` prints the top-N each env gets
     pipeline.train(
         library,
         executor=ex,

@@ -29,9 +29,9 @@ from ldm_autorl.errors import RestartLimitError
 from ldm_autorl.recording import RecordingVecEnv, relabel
 from ldm_autorl.stats import window
 from ldm_envs import tracking
+from ldm_envs.atomic import atomic_path, atomic_write_text
 from ldm_envs.dataset.shards import ShardMeta, ShardWriter
 from ldm_envs.errors import WorkerError
-from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library
 from ldm_envs.sb3 import LDMSB3VecEnv
 
@@ -148,6 +148,7 @@ def final_policy_returns(
         )
     finally:
         venv.close()
+    assert isinstance(returns, list)  # return_episode_rewards=True: one return per episode
     return [float(r) for r in returns]
 
 
@@ -265,10 +266,8 @@ def train_run(
                 relabel(model, path)
             relabel_seconds = time.perf_counter() - relabel_start
             model_file = rid.model_path(root_path)
-            model_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = model_file.with_suffix(".tmp.zip")
-            model.save(tmp)
-            tmp.replace(model_file)
+            with atomic_path(model_file, suffix=".zip") as tmp:
+                model.save(tmp)
             run.log_artifact(model_file, "model")
             final_returns = final_policy_returns(
                 model, spec, env_id, n_envs=cand.n_envs, backend=backend, seed=seed
@@ -303,7 +302,11 @@ def train_run(
         )
         run.log_metrics(
             {
-                **({"final_mean_return": result.final_mean} if final_returns else {}),
+                **(
+                    {"final_mean_return": result.final_mean}
+                    if result.final_mean is not None
+                    else {}
+                ),
                 "episodes": len(returns),
                 "worker_restarts": restarts,
                 "cut_episodes": env.cut_episodes,

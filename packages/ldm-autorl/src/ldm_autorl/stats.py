@@ -15,24 +15,23 @@ import polars as pl
 from pydantic import BaseModel
 from scipy import stats
 
+from ldm_envs.stats import WINDOW_FRACTION, first_last_window
+
 #: Significance level of every one-tailed Welch test.
 ALPHA = 0.05
-#: Share of a run's episodes that forms its "first" and "last" windows.
-WINDOW_FRACTION = 0.10
 #: A run is kept when it reaches this share of the best run's improvement on the same env.
 PERFORMANCE_FRACTION = 0.95
 
 
 def window(returns: Sequence[float], which: str, fraction: float = WINDOW_FRACTION) -> np.ndarray:
     """The first or last `fraction` of episodes (at least one episode, at most all of them)."""
-    arr = np.asarray(returns, dtype=np.float64)
-    if arr.size == 0:
-        return arr
-    k = max(1, int(np.ceil(fraction * arr.size)))
-    return arr[:k] if which == "first" else arr[-k:]
+    first, last = first_last_window(np.asarray(returns, dtype=np.float64), fraction)
+    return first if which == "first" else last
 
 
-def greater(a: Sequence[float], b: Sequence[float], alpha: float = ALPHA) -> tuple[bool, float]:
+def greater(
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, alpha: float = ALPHA
+) -> tuple[bool, float]:
     """One-tailed Welch t-test of mean(a) > mean(b); returns (significant, p-value).
 
     Samples too small or without variance are decided on their means only when both are

@@ -40,7 +40,7 @@ class ZooScore(BaseModel):
 @cache
 def zoo_table() -> pl.DataFrame:
     """Every shipped benchmark row (library, env_id, algo, mean_reward, n_timesteps, ...)."""
-    path = files("ldm_autorl").joinpath("data", "zoo_benchmark.csv")
+    path = files("ldm_autorl") / "data" / "zoo_benchmark.csv"
     with path.open("rb") as fh:
         return pl.read_csv(fh, comment_prefix="#", schema_overrides={"note": pl.String})
 

@@ -12,9 +12,13 @@ from typing import Any
 import numpy as np
 
 from ldm_envs.errors import ActionError
-from ldm_envs.spaces import BoxSpace, DiscreteSpace, MultiBinarySpace, MultiDiscreteSpace
-
-SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
+from ldm_envs.spaces import (
+    BoxSpace,
+    DiscreteSpace,
+    MultiBinarySpace,
+    MultiDiscreteSpace,
+    SpaceModel,
+)
 
 
 def action_dtype(space: SpaceModel) -> np.dtype:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -215,13 +216,14 @@ def _ppo_rounds(
                 progress.advance(task)
                 for label, backend, shared in contenders:
                     rate = _ppo_steps_per_second(
-                        lambda b=backend, sh=shared: LDMSB3VecEnv(
+                        partial(
+                            LDMSB3VecEnv,
                             spec,
                             ENV_ID,
                             num_envs,
-                            backend=b,
+                            backend=backend,
                             num_workers=workers,
-                            shared_memory=sh,
+                            shared_memory=shared,
                         ),
                         timesteps,
                         params,

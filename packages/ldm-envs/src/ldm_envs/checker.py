@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
+from rich.markup import escape
 
 from ldm_envs.backends import Backend
 from ldm_envs.errors import LDMEnvsError
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.paths import checks_dir
-from ldm_envs.pool import EnvPool
+from ldm_envs.pool import EnvPool, Obs
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,7 +48,7 @@ class LibraryCheck(BaseModel):
     when: float
 
 
-def _observation_problems(pool: EnvPool, obs: np.ndarray) -> list[str]:
+def _observation_problems(pool: EnvPool, obs: Obs) -> list[str]:
     space = pool.observation_spaces[0].to_gymnasium()
     problems = []
     for row in obs:
@@ -112,7 +113,7 @@ def show_env_check(console: Console, res: EnvCheck) -> None:
         highlight=False,
     )
     for problem in res.problems:
-        console.print(f"      [red]{problem}[/]", highlight=False)
+        console.print(f"      [red]{escape(problem)}[/]", highlight=False)
 
 
 def check_library(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
@@ -78,12 +79,12 @@ def list_libraries() -> None:
     for name, backend_name, env in failing:
         cause = env.problems[0].strip().splitlines()[-1] if env.problems else "(no cause recorded)"
         err.print(
-            f"[red]{name} {env.env_id} fails through {backend_name}:[/] {cause}  "
+            f"[red]{name} {env.env_id} fails through {backend_name}:[/] {escape(cause)}  "
             f"[dim](`ldm-envs check {name} --backend {backend_name} --env {env.env_id}`)[/]",
             highlight=False,
         )
     for name, why in sorted(reg.broken.items()):
-        err.print(f"[red]broken plugin {name}:[/] {why}", highlight=False)
+        err.print(f"[red]broken plugin {name}:[/] {escape(why)}", highlight=False)
 
 
 @app.command()
@@ -92,16 +93,18 @@ def show(library: str) -> None:
     entry = registry().entry(library)
     spec = entry.spec
     env_block = spec.environment
-    console.print(f"[bold]{spec.name}[/] {spec.version}: {spec.description}")
-    console.print(f"  plugin: {entry.distribution or entry.plugin}  manifest: {entry.source}")
+    console.print(f"[bold]{spec.name}[/] {spec.version}: {escape(spec.description)}")
+    console.print(
+        escape(f"  plugin: {entry.distribution or entry.plugin}  manifest: {entry.source}")
+    )
     console.print(
         f"  python {env_block.python}, api {env_block.api.value}, hash {spec.environment_hash()}"
     )
-    console.print(f"  requirements: {', '.join(env_block.requirements)}")
+    console.print(escape(f"  requirements: {', '.join(env_block.requirements)}"))
     if env_block.local_packages:
-        console.print(f"  local packages: {', '.join(env_block.local_packages)}")
+        console.print(escape(f"  local packages: {', '.join(env_block.local_packages)}"))
     if env_block.build_constraints:
-        console.print(f"  build constraints: {', '.join(env_block.build_constraints)}")
+        console.print(escape(f"  build constraints: {', '.join(env_block.build_constraints)}"))
     console.print(f"  ranking subset: {', '.join(spec.ranking_envs)}")
     table = Table()
     for col in ("env", "make", "observation", "action", "max steps", "wrappers"):
@@ -155,14 +158,16 @@ def probe(
         entry.spec, get_backend(backend, console=err), env, discover=discover
     )
     for line in changes or ["all declared spaces already match the library"]:
-        console.print(f"  {line}")
+        console.print(f"  {escape(line)}")
     if dry_run or entry.source is None:
         import yaml
 
-        console.print(yaml.safe_dump(json.loads(spec.model_dump_json()), sort_keys=False))
+        console.print(
+            yaml.safe_dump(json.loads(spec.model_dump_json()), sort_keys=False), markup=False
+        )
         return
     write_manifest(spec, entry.source)
-    console.print(f"[green]wrote[/] {entry.source}")
+    console.print(f"[green]wrote[/] {escape(str(entry.source))}")
 
 
 @app.command()
@@ -210,10 +215,10 @@ def new(
         description=description,
         force=force,
     )
-    console.print(f"[green]created[/] {root}", highlight=False)
+    console.print(f"[green]created[/] {escape(str(root))}", highlight=False)
     console.print("next steps (guide: docs/adding-a-library.md):")
     for i, step in enumerate(next_steps(library, root), 1):
-        console.print(f"  {i}. {step}", highlight=False, soft_wrap=True)
+        console.print(f"  {i}. {escape(step)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, ClassVar
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ldm_envs.cli_errors import DEBUG_ENV, REPORTED, report
@@ -30,7 +31,7 @@ _DEBUG_META = "ldm.debug"
 
 def _warn(message: str) -> None:
     make_console(stderr=True).print(
-        f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
+        f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True
     )
 
 
@@ -46,7 +47,7 @@ class LDMGroup(TyperGroup):
     def resolve_command(self, ctx: Any, args: list[str]) -> tuple[str | None, Any, list[str]]:
         """Map an old command name and old option spellings to the new ones, warning once each."""
         old = args[0] if args else None
-        if old in self.renamed_commands and old not in self.commands:
+        if old is not None and old in self.renamed_commands and old not in self.commands:
             new = self.renamed_commands[old]
             _warn(f"{ctx.command_path} {old} is deprecated, use {ctx.command_path} {new}")
             args = [new, *args[1:]]

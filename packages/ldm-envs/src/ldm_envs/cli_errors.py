@@ -20,8 +20,9 @@ import traceback
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
+from rich.markup import escape
 
-from ldm_envs.errors import LDMError
+from ldm_envs.errors import LDMError, validation_lines
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -69,13 +70,8 @@ def _is_validation_error(exc: object) -> bool:
 
 def _compact(exc: BaseException, *, prefix: str = "") -> str:
     """A pydantic error as one `<prefix><field>: <why>` per error, joined with `; `."""
-    return "; ".join(
-        f"{prefix}{'.'.join(map(str, e['loc'])) or '(all)'}: "
-        f"{str(e['msg']).removeprefix('Value error, ')}"
-        if e["loc"] or prefix
-        else str(e["msg"])
-        for e in exc.errors()  # type: ignore[attr-defined]
-    )
+    root = "(all)" if prefix else None
+    return "; ".join(validation_lines(exc, field=prefix, root=root))  # type: ignore[arg-type]
 
 
 def error_text(exc: BaseException | str) -> str:
@@ -133,7 +129,7 @@ def fail(console: Console, exc: BaseException | str, *, code: int | None = None)
     Raises:
         typer.Exit: always.
     """
-    console.print(f"[bold red]error:[/] {error_text(exc)}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(error_text(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(exit_code(exc) if code is None else code)
 
 

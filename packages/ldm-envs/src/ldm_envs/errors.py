@@ -6,6 +6,9 @@ from typing import TYPE_CHECKING
 
 from ldm_envs._lazy import deprecated_aliases
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class LDMError(Exception):
     """The root of every ldm error, in all four packages (ldm-envs, -autorl, -model, -eval).
@@ -114,6 +117,29 @@ class ActionError(LDMEnvsError, ValueError):
     """An action lies outside the env's declared action space."""
 
 
+#: What pydantic puts before the message of a `ValueError` raised by a validator.
+_VALUE_ERROR_PREFIX = "Value error, "
+
+
+def validation_lines(
+    exc: ValidationError, *, field: str = "field ", root: str | None = "(root)"
+) -> list[str]:
+    """One `<field><location>: <why>` line per problem of a pydantic error.
+
+    Pydantic's own text spans several lines per problem and ends with links to its docs; a user
+    needs the field path and the reason, in one line each, prefixed by whatever names the input
+    (a plugin, a suite file, an option). `why` loses pydantic's `Value error, ` prefix, and a
+    reason of several lines gives one line each. A problem of the whole model (no location)
+    reads `<field><root>: <why>`, or the bare reason when `root` is None.
+    """
+    lines: list[str] = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        for why in str(err["msg"]).removeprefix(_VALUE_ERROR_PREFIX).splitlines() or [""]:
+            lines.append(f"{field}{loc or root}: {why}" if loc or root is not None else why)
+    return lines
+
+
 __all__ = [
     "ActionError",
     "BadInputError",
@@ -130,4 +156,5 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerError",
     "WorkerTimeoutError",
+    "validation_lines",
 ]

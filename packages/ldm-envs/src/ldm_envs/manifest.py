@@ -26,8 +26,8 @@ from pydantic import (
     field_validator,
 )
 
-from ldm_envs.atomic import atomic_write_bytes
-from ldm_envs.errors import ManifestError, SpaceError, UnknownEnvError
+from ldm_envs.atomic import atomic_write_text
+from ldm_envs.errors import ManifestError, SpaceError, UnknownEnvError, validation_lines
 from ldm_envs.spaces import Space, check_limits
 
 #: How many envs of a library the ranking stage trains on (paper section 4.2).
@@ -306,11 +306,7 @@ def _tree_digest(root: Path) -> str:
 
 def format_validation_error(plugin: str, exc: ValidationError) -> str:
     """One line per problem, each naming the plugin and the field path."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        lines.append(f"plugin {plugin!r}: field {loc}: {err['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"plugin {plugin!r}: {line}" for line in validation_lines(exc))
 
 
 def parse_manifest(data: Any, plugin: str) -> EnvLibrarySpec:
@@ -360,8 +356,3 @@ def write_manifest(spec: EnvLibrarySpec, path: Path) -> None:
     data = _plain(spec.model_dump(mode="python"))
     text = yaml.safe_dump(data, sort_keys=False, width=100, default_flow_style=None)
     atomic_write_text(path, text)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text (UTF-8) to `path` through a temporary sibling and `os.replace`."""
-    atomic_write_bytes(path, text.encode("utf-8"))

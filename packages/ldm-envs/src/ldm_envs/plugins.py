@@ -13,27 +13,36 @@ plugin broken instead of ending the process, and an import that hangs is abandon
 (distribution `ldm-envlib-<name>`, the manifest's `requires_core`) are `EntryPointRegistry`'s
 (`ldm_envs.registry`), shared with ldm-autorl's `ldm.algorithms`; this module says what an
 env-library plugin is.
+
+Plugins that exist only to test ldm itself (`tests/plugins/ldm-envlib-toy`) are installed in
+the workspace by its dev group, yet are no library a user trains on: they declare their entry
+point in `ldm.env_libraries.test`, a group read only when `LDM_TEST_PLUGINS` is set (the
+repository's conftest sets it), so `ldm-envs list`, `show` and the pipelines never offer them.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ldm_envs.errors import LDMError, ManifestError, PluginError, UnknownLibraryError
 from ldm_envs.manifest import EnvLibrarySpec, parse_manifest, read_manifest
 from ldm_envs.registry import (  # noqa: F401  (re-exported: their old home)
     DEFAULT_IMPORT_TIMEOUT,
     EntryPointRegistry,
+    Installed,
     import_timeout,
     load_entry_point,
 )
 
 ENTRY_POINT_GROUP = "ldm.env_libraries"
+#: The group of plugins that exist for ldm's own tests, read only under `TEST_PLUGINS_ENV`.
+TEST_ENTRY_POINT_GROUP = "ldm.env_libraries.test"
+TEST_PLUGINS_ENV = "LDM_TEST_PLUGINS"
 DISTRIBUTION_PREFIX = "ldm-envlib-"
 
 
@@ -48,19 +57,16 @@ class LoadedLibrary:
 
 
 @dataclass
-class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
+class LibraryRegistry(
+    EntryPointRegistry[LoadedLibrary],
+    group=ENTRY_POINT_GROUP,
+    kind="env-library",
+    distribution_prefix=DISTRIBUTION_PREFIX,
+    core_distribution="ldm-envs",
+):
     """The known env libraries, plus the broken plugins and why they are broken."""
 
     libraries: dict[str, LoadedLibrary] = field(default_factory=dict)
-
-    group: ClassVar[str] = ENTRY_POINT_GROUP
-    kind: ClassVar[str] = "env-library"
-    distribution_prefix: ClassVar[str] = DISTRIBUTION_PREFIX
-    core_distribution: ClassVar[str] = "ldm-envs"
-
-    def names(self) -> list[str]:
-        """Sorted names of the libraries that loaded."""
-        return sorted(self.libraries)
 
     def get(self, name: str) -> EnvLibrarySpec:
         """The spec of library `name`.
@@ -84,16 +90,14 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
         """Register a spec directly (tests, notebooks), without an entry point."""
         self.libraries[spec.name] = LoadedLibrary(spec=spec, plugin=spec.name, source=source)
 
-    @classmethod
-    def from_entry_points(cls, eps: Iterable[EntryPoint] | None = None) -> LibraryRegistry:
-        """Load every plugin of the entry-point group, isolating failures per plugin."""
-        return super().from_entry_points(eps)
-
     # -- EntryPointRegistry's hooks -----------------------------------------------------------
 
     @classmethod
     def _entry_points(cls) -> Iterable[EntryPoint]:
-        return entry_points(group=ENTRY_POINT_GROUP)
+        eps = list(entry_points(group=ENTRY_POINT_GROUP))
+        if test_plugins_enabled():
+            eps += entry_points(group=TEST_ENTRY_POINT_GROUP)
+        return eps
 
     @staticmethod
     def _finish(target: Any) -> Any:
@@ -122,6 +126,9 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
     def _accept(self, ep: EntryPoint, item: LoadedLibrary) -> None:
         self.libraries[ep.name] = item
 
+    def _loaded(self) -> dict[str, LoadedLibrary]:
+        return self.libraries
+
     def _core_requirement(self, ep: EntryPoint, item: LoadedLibrary) -> str:
         # the manifest's own field: a manifest is data a plugin may ship without a distribution
         return item.spec.requires_core
@@ -135,16 +142,14 @@ class LibraryRegistry(EntryPointRegistry[LoadedLibrary]):
         return ManifestError(f"plugin {ep.name!r}: field requires_core: {exc}")
 
 
-@lru_cache(maxsize=1)
-def _cached_registry() -> LibraryRegistry:
-    return LibraryRegistry.from_entry_points()
+def test_plugins_enabled() -> bool:
+    """Whether `LDM_TEST_PLUGINS` asks for the test-only plugins (`1`, `true`, `yes`, `on`)."""
+    return os.environ.get(TEST_PLUGINS_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def registry(refresh: bool = False) -> LibraryRegistry:
-    """The process-wide registry of installed plugins (discovered once, on first use)."""
-    if refresh:
-        _cached_registry.cache_clear()
-    return _cached_registry()
+#: The process-wide registry of installed plugins: `registry()`, `registry(refresh=True)`.
+registry = Installed(LibraryRegistry.from_entry_points)
+_cached_registry = registry  # its old name
 
 
 def get_library(name: str) -> EnvLibrarySpec:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 # ActionChecker and action_dtype lived here before `actions.py`: importable from here still
 from ldm_envs.actions import ActionChecker, SpaceModel
@@ -222,7 +223,7 @@ class EnvPool:
         cpus = sorted(os.sched_getaffinity(0))
         if not isinstance(client, SocketWorkerClient) or not hasattr(client.process, "proc"):
             return
-        if pid != client.process.proc.pid or len(cpus) < 2:  # type: ignore[attr-defined]
+        if pid != client.process.proc.pid or len(cpus) < 2:
             return
         os.sched_setaffinity(pid, {cpus[-1 - k % (len(cpus) - 1)]})
 
@@ -311,7 +312,7 @@ class EnvPool:
 
     # -- step ----------------------------------------------------------------------------------
 
-    def step_send(self, actions: Any, hold: Sequence[int] = ()) -> None:
+    def step_send(self, actions: Any, hold: Sequence[int] | np.ndarray = ()) -> None:
         """Validate and send actions to every worker without waiting (pairs with `step_recv`).
 
         Args:
@@ -358,7 +359,7 @@ class EnvPool:
             else:
                 w.send({**header, "sizes": sizes}, [np.concatenate(rows)])
 
-    def _step_headers(self, hold: Sequence[int]) -> list[dict[str, Any]]:
+    def _step_headers(self, hold: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
         """Each worker's step header: `_STEP`, or one naming the envs it holds (local indices)."""
         held = {int(i) for i in hold}
         if not held:
@@ -429,12 +430,12 @@ class EnvPool:
             reply, arrays = w.recv(self.step_timeout)
         except WorkerError as exc:
             n = self.num_envs
-            obs: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+            lost: list[np.ndarray] = [None] * n  # type: ignore[list-item]
             truncated = np.zeros(n, np.bool_)
             infos: list[dict[str, Any]] = [{} for _ in range(n)]
-            self._restart(w, exc, obs, truncated, infos)
+            self._restart(w, exc, lost, truncated, infos)
             return StepResult(
-                self._gather(obs), np.zeros(n), np.zeros(n, np.bool_), truncated, infos
+                self._gather(lost), np.zeros(n), np.zeros(n, np.bool_), truncated, infos
             )
         obs, status = arrays[0], arrays[1]
         w.last_obs = obs  # type: ignore[assignment]
@@ -451,7 +452,7 @@ class EnvPool:
         self._pending = None
         return StepResult(obs, status[0], status[1] > 0, status[2] > 0, infos)
 
-    def step(self, actions: Any, hold: Sequence[int] = ()) -> StepResult:
+    def step(self, actions: Any, hold: Sequence[int] | np.ndarray = ()) -> StepResult:
         """One batched step of every env but the held ones (auto-reset in the same step)."""
         self.step_send(actions, hold)
         return self.step_recv()
@@ -488,7 +489,7 @@ class EnvPool:
         w.restarts += 1
         self.console.print(
             f"[yellow]worker of {self.spec.name} ({', '.join(sorted(set(ids)))}) failed, "
-            f"restarting ({w.restarts}/{self.max_restarts}):[/] {exc.cause.splitlines()[0]}"
+            f"restarting ({w.restarts}/{self.max_restarts}):[/] {escape(exc.cause.splitlines()[0])}"
         )
         w.close()
         last = w.last_obs

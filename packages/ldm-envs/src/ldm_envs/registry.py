@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib.metadata import EntryPoint, version
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
@@ -30,7 +31,11 @@ from packaging.utils import canonicalize_name
 
 from ldm_envs.errors import LDMEnvsError, LDMError, PluginError
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+; ldm-envs runs on 3.10
+
 T = TypeVar("T")
+R = TypeVar("R", bound="EntryPointRegistry[Any]")
 logger = logging.getLogger(__name__)
 #: Seconds a plugin's import may take before it counts as hung (`LDM_PLUGIN_IMPORT_TIMEOUT`).
 #: Plugins import nothing heavy by design; the margin is for a loaded machine.
@@ -113,9 +118,10 @@ def load_entry_point(
 class EntryPointRegistry(Generic[T]):
     """The plugins of one entry-point group that loaded, and the broken ones with why.
 
-    A kind subclasses it and sets the class variables, `_entry_points` (called through the
-    kind's own module, so a test patching that module's `entry_points` is obeyed), `_parse`
-    and `_accept`. `_core_requirement` defaults to the distribution's own requirement on the
+    A kind subclasses it, naming its group, kind, distribution prefix and core distribution
+    as class keywords, and implements `_entry_points` (called through the kind's own module,
+    so a test patching that module's `entry_points` is obeyed), `_parse`, `_accept` and
+    `_loaded`. `_core_requirement` defaults to the distribution's own requirement on the
     core package, so a plugin installed against another core (`--no-deps`, an editable
     checkout) is refused with a message instead of failing somewhere inside a run.
     """
@@ -131,8 +137,27 @@ class EntryPointRegistry(Generic[T]):
     #: The package whose version plugins declare a range for.
     core_distribution: ClassVar[str]
 
+    def __init_subclass__(
+        cls,
+        *,
+        group: str,
+        kind: str,
+        distribution_prefix: str,
+        core_distribution: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.group = group
+        cls.kind = kind
+        cls.distribution_prefix = distribution_prefix
+        cls.core_distribution = core_distribution
+
+    def names(self) -> list[str]:
+        """Sorted names of what loaded."""
+        return sorted(self._loaded())
+
     @classmethod
-    def from_entry_points(cls, eps: Iterable[EntryPoint] | None = None) -> Any:
+    def from_entry_points(cls, eps: Iterable[EntryPoint] | None = None) -> Self:
         """Load every plugin of the group (or `eps`), isolating failures per plugin."""
         registry = cls()
         for ep in eps if eps is not None else cls._entry_points():
@@ -162,6 +187,10 @@ class EntryPointRegistry(Generic[T]):
         raise NotImplementedError
 
     def _accept(self, ep: EntryPoint, item: T) -> None:
+        raise NotImplementedError
+
+    def _loaded(self) -> Mapping[str, Any]:
+        """What loaded, by name (`names` lists its keys)."""
         raise NotImplementedError
 
     def _core_requirement(self, ep: EntryPoint, item: T) -> str:
@@ -217,3 +246,23 @@ class EntryPointRegistry(Generic[T]):
         self.broken[ep.name] = message
         # debug only: every command builds the registry, most never ask for this plugin
         logger.debug("skipping %s plugin %r: %s", self.kind, ep.name, message)
+
+
+class Installed(Generic[R]):
+    """The process-wide registry of one plugin kind: discovered once, on first use.
+
+    `installed()` returns the same registry until `installed(refresh=True)` (or
+    `cache_clear()`) discovers the plugins again: installing one mid-process, or a test.
+    """
+
+    def __init__(self, discover: Callable[[], R]) -> None:
+        self._discover = lru_cache(maxsize=1)(discover)
+
+    def __call__(self, refresh: bool = False) -> R:
+        if refresh:
+            self.cache_clear()
+        return self._discover()
+
+    def cache_clear(self) -> None:
+        """Forget the registry; the next call discovers the plugins again."""
+        self._discover.cache_clear()

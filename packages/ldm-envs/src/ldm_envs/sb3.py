@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
@@ -97,7 +98,7 @@ class LDMSB3VecEnv(VecEnv):
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
         if attr_name == "render_mode":
-            return [None] * len(self._get_indices(indices))
+            return [None] * len(list(self._get_indices(indices)))
         return self.pool.call(attr_name, list(self._get_indices(indices)))
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
@@ -117,7 +118,7 @@ class LDMSB3VecEnv(VecEnv):
         the warning would be noise on every wrap: `VecMonitor` alone is answered False.
         """
         is_monitor = wrapper_class.__name__ == "Monitor" and not _asked_by_vec_monitor()
-        return [is_monitor] * len(self._get_indices(indices))
+        return [is_monitor] * len(list(self._get_indices(indices)))
 
 
 def _asked_by_vec_monitor(depth: int = 12) -> bool:
@@ -126,7 +127,7 @@ def _asked_by_vec_monitor(depth: int = 12) -> bool:
     Looks a few frames up: wrappers in between (`VecNormalize`, ...) pass the question down.
     """
     code = VecMonitor.__init__.__code__
-    frame = sys._getframe(2)  # 0: here, 1: env_is_wrapped, 2: its caller
+    frame: FrameType | None = sys._getframe(2)  # 0: here, 1: env_is_wrapped, 2: its caller
     for _ in range(depth):
         if frame is None:
             return False

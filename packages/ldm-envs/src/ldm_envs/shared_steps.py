@@ -82,7 +82,7 @@ class SharedSteps:
             os.ftruncate(fd, layout["size"])
             buf = mmap.mmap(fd, layout["size"])
             client.sock.sendmsg(
-                [b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, np.array([fd], np.int32))]
+                [b"F"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, np.array([fd], np.int32).tobytes())]
             )
         finally:
             os.close(fd)

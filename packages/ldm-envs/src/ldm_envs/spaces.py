@@ -193,9 +193,10 @@ class MultiBinarySpace(_SpaceModel):
         return f"multi_binary({self.n})"
 
 
-Space = Annotated[
-    BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace, Field(discriminator="type")
-]
+#: Any of the four space models: the type every package annotates a space with.
+SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
+#: A space field of a pydantic model: the union, told apart by its `type`.
+Space = Annotated[SpaceModel, Field(discriminator="type")]
 
 
 def _bound_array(bound: _Bound, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -219,7 +220,7 @@ def _compress(values: np.ndarray) -> _Bound:
 @singledispatch
 def from_gymnasium(
     space: gym.Space[Any],
-) -> BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace:
+) -> SpaceModel:
     """Describe a `gymnasium.spaces` object as a model.
 
     Raises:
@@ -263,8 +264,8 @@ def _(space: gym.spaces.MultiBinary) -> MultiBinarySpace:
 
 
 def check_limits(
-    observation: BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace,
-    action: BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace,
+    observation: SpaceModel,
+    action: SpaceModel,
     *,
     where: str = "",
 ) -> None:
@@ -289,7 +290,7 @@ def check_limits(
 
 def space_from_dict(
     data: dict[str, Any],
-) -> BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace:
+) -> SpaceModel:
     """Validate a plain dict (from a manifest or the worker) into a space model."""
     from pydantic import TypeAdapter
 

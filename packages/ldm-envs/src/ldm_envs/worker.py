@@ -42,7 +42,7 @@ MAGIC = b"LDM2"
 _PREFIX = struct.Struct("<4sII")
 _BUFFER = struct.Struct("<4sBQ")
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
-_HEADER_CACHE = {}
+_HEADER_CACHE = {}  # type: dict
 
 
 def _encode_header(header):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ldm_envs.cli_app import make_app
 from ldm_envs.cli_options import config_options, field_default, field_help, field_option
@@ -29,7 +30,7 @@ err = make_console(stderr=True)
 
 def _warn(message: str) -> None:
     """One `warning: ...` line on stderr (a skipped corrupt checkpoint, say)."""
-    err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _check_evaluate(values: Mapping[str, Any]) -> None:
@@ -173,8 +174,8 @@ def suite(
         run_suite(spec, from_stage=from_stage, only=only, console=console)
     except StageError as exc:  # told as the stage, its command and the cause
         err.print(f"[bold red]error:[/] stage [bold]{exc.stage}[/] failed", highlight=False)
-        err.print(f"  command: {exc.command}", highlight=False, soft_wrap=True)
-        err.print(f"  cause: {exc.cause}", highlight=False, soft_wrap=True)
+        err.print(f"  command: {escape(exc.command)}", highlight=False, soft_wrap=True)
+        err.print(f"  cause: {escape(exc.cause)}", highlight=False, soft_wrap=True)
         if exc.__cause__ is not None:  # not a failure the stage explained: show where it arose
             err.print_exception()
         raise typer.Exit(1) from None

@@ -131,7 +131,7 @@ class SizesConfig(BaseModel):
 
     #: Dataset root holding `index/` (an ldm-autorl data root).
     data_root: Path
-    #: Named model configs (`ldm-model configs`), in the order of the table.
+    #: Named model configs (`ldm-model list`), in the order of the table.
     configs: tuple[str, ...] = Field(min_length=1)
     #: Optimizer steps of every size.
     steps: int = Field(gt=0)
@@ -296,8 +296,8 @@ def _index_sha(root: Path) -> str:
     runs = Path(root).expanduser() / "index" / "runs.parquet"
     if not runs.is_file():
         raise ModelSizesError(
-            f"no dataset index at {runs}: give an ldm-autorl data root (`ldm-autorl dataset` "
-            "writes its index)"
+            f"no dataset index at {runs}: give an ldm-autorl data root (`ldm-autorl filter "
+            "--dataset <root>` writes its index)"
         )
     return sha256_file(runs)
 

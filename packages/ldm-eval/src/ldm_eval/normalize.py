@@ -25,6 +25,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
+from ldm_envs.stats import first_last_means as edge_means
+
 __all__ = [
     "REFERENCE_RULE",
     "REFERENCE_SCHEMA",
@@ -65,15 +67,6 @@ REFERENCE_SCHEMA: dict[str, pl.DataType] = {
     "index_observation_space": pl.String(),
     "index_action_space": pl.String(),
 }
-
-
-def edge_means(returns: Sequence[float]) -> tuple[float | None, float | None]:
-    """Mean of the first and of the last ceil(10%) returns (at least one); None when empty."""
-    n = len(returns)
-    if n == 0:
-        return None, None
-    k = max(1, math.ceil(n / 10))
-    return sum(returns[:k]) / k, sum(returns[-k:]) / k
 
 
 def normalized_score(value: float | None, first: float | None, last: float | None) -> float | None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ldm_envs import tracking
@@ -316,7 +317,7 @@ def evaluate(
         manifest.created = old.created
     run_dir.write_manifest(manifest)
     for note in notes:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
     writer = ResultWriter(run_dir, every_s=5.0)
     skip, attempts = _done_keys(writer.frame)
     targets = [EnvTarget(library=e.library, env_id=e.env_id) for e in envs]
@@ -362,7 +363,9 @@ def evaluate(
             try:
                 _finish(run_dir, run, n_resamples, console)
             except Exception as report_exc:  # the original error matters more
-                console.print(f"[red]could not write the partial report:[/] {report_exc}")
+                console.print(
+                    f"[red]could not write the partial report:[/] {escape(str(report_exc))}"
+                )
             raise
         writer.flush()
         manifest.status = "complete"
@@ -502,7 +505,7 @@ def _print_summary(tables: EvalTables, console: Console) -> None:
         )
     console.print(table)
     for note in tables.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+        console.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
 
 
 def score_policies(

@@ -10,6 +10,7 @@ import io
 
 import numpy as np
 import polars as pl
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -170,7 +171,7 @@ def env_scores_figure(scores: pl.DataFrame, max_envs: int = 120) -> Figure:
     y = np.arange(n)
     values = np.array([np.nan if v is None else 100 * v for v in ordered["score"].to_list()])
     ax.barh(y, np.nan_to_num(values), color=colors, alpha=0.85)
-    handles = [
+    handles: list[Artist] = [
         Patch(color=f"C{j % 10}", alpha=0.85, label=f"{policies[0]}: {lib}")
         for j, lib in enumerate(libraries)
     ]

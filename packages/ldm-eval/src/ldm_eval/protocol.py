@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, Backend
 from ldm_envs.errors import LDMEnvsError, WorkerError
@@ -298,7 +299,8 @@ def run_protocol(
         if res.status == "failed" and slot.retry < config.retries:
             console.print(
                 f"[yellow]rollout {res.rollout} of {slot.target} ({res.policy}) failed, "
-                f"retrying ({slot.retry + 1}/{config.retries}):[/] {_first_line(res.cause)}",
+                f"retrying ({slot.retry + 1}/{config.retries}):[/] "
+                f"{escape(_first_line(res.cause))}",
                 highlight=False,
             )
             retry.append(
@@ -398,9 +400,9 @@ def _run_batch(
         for (library, _), members in by_library.items():
             workers = config.num_workers or _default_workers(len(members), len(libraries))
             for chunk in np.array_split(np.asarray(members), min(workers, len(members))):
-                pool, live = _open_pool(library, chunk.tolist(), slots, config, backend, console)
+                pool, alive = _open_pool(library, chunk.tolist(), slots, config, backend, console)
                 if pool is not None:
-                    pools.append(_PoolRun(library, pool, live))
+                    pools.append(_PoolRun(library, pool, alive))
         if not pools:
             return
         # the batch the policies see: the slots of live pools, pool after pool

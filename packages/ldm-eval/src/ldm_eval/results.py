@@ -16,8 +16,6 @@ rewritten as rollouts finish, so a crash or Ctrl-C leaves a folder a report can 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Literal
 import polars as pl
 from pydantic import BaseModel, Field
 
-from ldm_envs.manifest import atomic_write_text
+from ldm_envs.atomic import atomic_path, atomic_write_text
 from ldm_eval.checkpoint import CheckpointInfo
 from ldm_eval.normalize import REFERENCE_SCHEMA
 from ldm_eval.protocol import EvalConfig, RolloutResult
@@ -79,15 +77,8 @@ class EvalManifest(BaseModel):
 
 def write_parquet_atomic(df: pl.DataFrame, path: Path) -> None:
     """Write `df` to `path` through a temporary sibling and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.write_parquet(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EvalRunDir:
@@ -187,7 +178,9 @@ class ResultWriter:
         """Write every result so far; returns them all."""
         if self.pending:
             new = pl.DataFrame(self.pending, schema=ROLLOUT_SCHEMA)
-            self.frame = pl.concat([self.frame.cast(ROLLOUT_SCHEMA), new], how="vertical")
+            self.frame = pl.concat(
+                [self.frame.cast(pl.Schema(ROLLOUT_SCHEMA)), new], how="vertical"
+            )
             self.pending = []
             write_parquet_atomic(self.frame, self.run_dir.path / EvalRunDir.ROLLOUTS)
             if self.on_flush is not None:

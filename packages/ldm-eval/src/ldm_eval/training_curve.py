@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from rich.console import Console
 
-from ldm_envs.manifest import atomic_write_text
+from ldm_envs.atomic import atomic_write_bytes, atomic_write_text
 from ldm_eval.aggregate import fraction_at_least
 from ldm_eval.policies import Policy, SlotInfo, shared_codecs
 from ldm_eval.protocol import EnvTarget, EvalConfig
@@ -292,14 +292,7 @@ class TrainingEvaluator:
         for name in (CURVE_FILE, CURVE_PNG):
             src = self.path.with_name(name)
             if src.is_file():
-                dst = self.copy_to / name
-                if name.endswith(".csv"):
-                    atomic_write_text(dst, src.read_text(encoding="utf-8"))
-                else:
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = dst.with_name(f".{dst.name}.tmp")
-                    tmp.write_bytes(src.read_bytes())
-                    tmp.replace(dst)
+                atomic_write_bytes(self.copy_to / name, src.read_bytes())
 
 
 def from_train_config(config: TrainConfig) -> TrainingEvaluator | None:

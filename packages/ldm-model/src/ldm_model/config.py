@@ -4,7 +4,7 @@ The paper gives its models by parameter count (32M, 70M, 308M, 736M) and its mai
 layers, 12 heads, hidden 768, context 2048 transitions. How those counts split between the
 embeddings and the backbone is ours: every value is embedded at `token_dim` and the meta-token
 merge is one linear layer over all of them, so `token_dim` and the MLP width were chosen to land
-each named config within 1% of the paper's count (`ldm-model configs` prints the counts; a test
+each named config within 1% of the paper's count (`ldm-model list` prints the counts; a test
 checks them). The 308M config is the paper's 12 x 12 x 768 at context 2048. The CPU-sized ones,
 `tiny` (2.2M), `small` (5.1M) and `base` (13.3M), share a context of 64 transitions, so they
 can train on the same windows for a model-size comparison (`ldm-eval sizes`).

@@ -70,7 +70,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import CacheLayerMixin, DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
 from ldm_model.batch import Batch
@@ -336,8 +336,8 @@ class LDMPolicy:
                 else np.stack([np.asarray(obs[i]) for i in idx])
             )
             flat[idx] = codec.flat_obs(rows)
-            if image is not None and codec.image_shape is not None:
-                image[idx] = codec.image(rows)
+            if image is not None and (pixels := codec.image(rows)) is not None:
+                image[idx] = pixels
         valid = self._prev_valid.copy()
         rew = np.zeros(n, np.float32) if reward is None else np.asarray(reward, np.float32)
         dn = np.zeros(n, bool) if done is None else np.asarray(done, bool)
@@ -458,6 +458,7 @@ class LDMPolicy:
         )
         for ring_layer, layer in zip(self.cache.layers, prefill.layers, strict=True):
             assert isinstance(ring_layer, RingLayer)
+            assert isinstance(layer, CacheLayerMixin)
             assert layer.keys is not None and layer.values is not None
             ring_layer.fill(layer.keys, layer.values)
 
@@ -476,6 +477,7 @@ class LDMPolicy:
         angle = -float(cap) * self._inv_freq
         emb = torch.cat([angle, angle])
         for layer in self.cache.layers:
+            assert isinstance(layer, RingLayer)
             if not layer.is_initialized or layer.keys is None:
                 continue
             cos = emb.cos().to(layer.keys.dtype)

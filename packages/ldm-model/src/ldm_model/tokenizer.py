@@ -28,6 +28,7 @@ from ldm_envs.spaces import (
     DiscreteSpace,
     MultiBinarySpace,
     MultiDiscreteSpace,
+    SpaceModel,
     check_limits,
 )
 from ldm_model.errors import TokenizationError
@@ -41,8 +42,6 @@ OBS_DIMS = MAX_OBS_DIMS
 ACT_DIMS = MAX_ACTION_DIMS
 #: Images are resized to IMAGE_SIZE x IMAGE_SIZE x 3 before the convolutional encoder.
 IMAGE_SIZE = 64
-
-SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,7 +143,7 @@ class SpaceCodec:
         set_ = object.__setattr__
         # observation
         image = isinstance(obs, BoxSpace) and obs.is_image
-        set_(self, "image_shape", tuple(obs.shape) if image else None)
+        set_(self, "image_shape", tuple(obs.shape) if image and isinstance(obs, BoxSpace) else None)
         n = 0 if image else obs.flat_dim
         set_(self, "obs_dims", n)
         discrete, start = _discrete_layout(obs, n, what="observation")

@@ -1,7 +1,7 @@
 """Whether a candidate can train on an env, from the env's declared spaces alone.
 
 Needs no env and no SB3 import for the answer (only an image env's note on which policy
-`make_model` will use imports the algorithm), so `ldm-autorl candidates LIB` and the ranking's
+`make_model` will use imports the algorithm), so `ldm-autorl list LIB` and the ranking's
 planning stay cheap.
 """
 

@@ -224,7 +224,7 @@ class CandidateConfig(BaseModel):
         problems += self._check_hyperparams(cls)
         return problems
 
-    def _check_hyperparams(self, cls: type) -> list[str]:
+    def _check_hyperparams(self, cls: type[Any]) -> list[str]:
         params = inspect.signature(cls.__init__).parameters
         open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         known = [n for n in params if n != "self" and n not in _RESERVED]

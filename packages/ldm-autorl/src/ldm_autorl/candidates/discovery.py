@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import polars as pl
 import yaml
@@ -26,8 +25,9 @@ from ldm_autorl.candidates.compat import compatibility
 from ldm_autorl.candidates.config import CandidateConfig
 from ldm_autorl.candidates.kinds import SpaceLike, _as_model
 from ldm_autorl.errors import CandidateError, UnknownCandidateError
+from ldm_envs.errors import validation_lines
 from ldm_envs.manifest import EnvLibrarySpec
-from ldm_envs.registry import EntryPointRegistry
+from ldm_envs.registry import EntryPointRegistry, Installed
 
 ENTRY_POINT_GROUP = "ldm.algorithms"
 DISTRIBUTION_PREFIX = "ldm-algos-"
@@ -35,7 +35,13 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class CandidateRegistry(EntryPointRegistry[Sequence[Any]]):
+class CandidateRegistry(
+    EntryPointRegistry[Sequence[Any]],
+    group=ENTRY_POINT_GROUP,
+    kind="algorithm",
+    distribution_prefix=DISTRIBUTION_PREFIX,
+    core_distribution="ldm-autorl",
+):
     """The known candidates with their plugin, plus the broken ones and why they are broken.
 
     `broken` is keyed by "plugin:candidate" for a candidate that failed validation (the name is
@@ -45,15 +51,6 @@ class CandidateRegistry(EntryPointRegistry[Sequence[Any]]):
     """
 
     candidates: dict[str, tuple[str, CandidateConfig]] = field(default_factory=dict)
-
-    group: ClassVar[str] = ENTRY_POINT_GROUP
-    kind: ClassVar[str] = "algorithm"
-    distribution_prefix: ClassVar[str] = DISTRIBUTION_PREFIX
-    core_distribution: ClassVar[str] = "ldm-autorl"
-
-    def names(self) -> list[str]:
-        """Sorted names of the candidates that loaded."""
-        return sorted(self.candidates)
 
     def get(self, name: str) -> CandidateConfig:
         """The candidate called `name`.
@@ -101,11 +98,6 @@ class CandidateRegistry(EntryPointRegistry[Sequence[Any]]):
                 found.append(candidate)
         return found
 
-    @classmethod
-    def from_entry_points(cls, eps: Iterable[EntryPoint] | None = None) -> CandidateRegistry:
-        """Load every plugin of the group, isolating failures per candidate and per plugin."""
-        return super().from_entry_points(eps)
-
     # -- EntryPointRegistry's hooks -----------------------------------------------------------
 
     @classmethod
@@ -133,6 +125,9 @@ class CandidateRegistry(EntryPointRegistry[Sequence[Any]]):
     def _accept(self, ep: EntryPoint, item: Sequence[Any]) -> None:
         for i, entry in enumerate(item):
             self._add_item(ep.name, i, entry)
+
+    def _loaded(self) -> dict[str, tuple[str, CandidateConfig]]:
+        return self.candidates
 
     def _add_item(self, plugin: str, index: int, item: Any) -> None:
         label = _item_name(item, index)
@@ -167,13 +162,8 @@ def parse_candidate(data: Any, plugin: str, index: int = 0) -> CandidateConfig:
     try:
         return CandidateConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            loc = ".".join(str(p) for p in err["loc"])
-            for line in msg.splitlines():
-                lines.append(f"{prefix}field {loc}: {line}" if loc else prefix + line)
-        raise CandidateError("\n".join(lines)) from None
+        lines = validation_lines(exc, root=None)
+        raise CandidateError("\n".join(prefix + line for line in lines)) from None
 
 
 def read_candidates(path: Path, plugin: str) -> list[Any]:
@@ -196,16 +186,9 @@ def read_candidates(path: Path, plugin: str) -> list[Any]:
     return data
 
 
-@lru_cache(maxsize=1)
-def _cached_registry() -> CandidateRegistry:
-    return CandidateRegistry.from_entry_points()
-
-
-def registry(refresh: bool = False) -> CandidateRegistry:
-    """The process-wide registry of installed candidates (discovered once, on first use)."""
-    if refresh:
-        _cached_registry.cache_clear()
-    return _cached_registry()
+#: The process-wide registry of installed candidates: `registry()`, `registry(refresh=True)`.
+registry = Installed(CandidateRegistry.from_entry_points)
+_cached_registry = registry  # its old name: `compatibility_table`'s argument shadows `registry`
 
 
 def compatibility_table(

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ldm_autorl.errors import CandidateError
+from ldm_envs.errors import validation_lines
 
 if TYPE_CHECKING:
     from stable_baselines3.common.base_class import BaseAlgorithm
@@ -100,7 +101,7 @@ def _check_value(key: str, value: Any, annotation: Any) -> Any:
         try:
             ActionNoiseConfig.model_validate(value)
         except ValidationError as exc:
-            raise ValueError(_flat_errors(exc)) from None
+            raise ValueError("; ".join(validation_lines(exc, field=""))) from None
         return value
     if allowed is None:
         return value
@@ -172,13 +173,9 @@ def _describe(allowed: set[Any]) -> str:
     return " or ".join(sorted({names.get(t, getattr(t, "__name__", str(t))) for t in allowed}))
 
 
-def _flat_errors(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
-    )
-
-
-def _check_policy_kwargs(algorithm: str, policy_cls: type, kwargs: dict[str, Any]) -> list[str]:
+def _check_policy_kwargs(
+    algorithm: str, policy_cls: type[Any], kwargs: dict[str, Any]
+) -> list[str]:
     params = inspect.signature(policy_cls.__init__).parameters
     open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     fixed = {"self", "observation_space", "action_space", "lr_schedule"}

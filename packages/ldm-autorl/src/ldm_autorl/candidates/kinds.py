@@ -19,6 +19,7 @@ from ldm_envs.spaces import (
     DiscreteSpace,
     MultiBinarySpace,
     MultiDiscreteSpace,
+    SpaceModel,
     from_gymnasium,
 )
 
@@ -27,7 +28,6 @@ ActionKind = Literal["discrete", "box", "multi_discrete", "multi_binary"]
 OBSERVATION_KINDS: tuple[str, ...] = typing.get_args(ObservationKind)
 ACTION_KINDS: tuple[str, ...] = typing.get_args(ActionKind)
 
-SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
 SpaceLike = SpaceModel | gym.Space[Any]
 
 #: Images smaller than this (height or width) are too small for SB3's NatureCNN (8/4, 4/2, 3/1

@@ -213,7 +213,7 @@ def _no_uv_run_workers() -> None:
     if "RAY_ENABLE_UV_RUN_RUNTIME_ENV" in os.environ:
         return
     os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
-    constants = sys.modules.get("ray._private.ray_constants")
+    constants: Any = sys.modules.get("ray._private.ray_constants")  # a module of plain globals
     if constants is not None:  # Ray read the variable at import: correct its reading
         with contextlib.suppress(Exception):
             constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False
@@ -240,7 +240,7 @@ def _loopback_only() -> Iterator[None]:
     if _RAY_CLUSTER_VAR in os.environ:
         yield
         return
-    constants = sys.modules.get("ray._private.ray_constants")
+    constants: Any = sys.modules.get("ray._private.ray_constants")  # a module of plain globals
     before = getattr(constants, "ENABLE_RAY_CLUSTER", None)
     os.environ[_RAY_CLUSTER_VAR] = "0"
     if constants is not None:  # read at import: correct its reading while Ray starts

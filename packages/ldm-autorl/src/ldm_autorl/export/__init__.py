@@ -50,9 +50,7 @@ first and then writes each env's dataset aside and renames it in.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +75,7 @@ from ldm_autorl.export.source import (
 )
 from ldm_autorl.export.to_hf import _write_hf, hf_path
 from ldm_autorl.export.to_minari import _write_minari, minari_dataset_id
+from ldm_envs.atomic import tmp_sibling
 from ldm_envs.errors import BadInputError
 from ldm_envs.inputs import require_choice
 
@@ -150,7 +149,7 @@ def export(
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for group in groups:
-        tmp = out / f".export.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = tmp_sibling(out / "export")
         tmp.mkdir()
         try:
             if format == "minari":

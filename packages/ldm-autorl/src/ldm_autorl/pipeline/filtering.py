@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_autorl import layout, verify
 from ldm_autorl.jobs import RunResult, load_result
@@ -64,7 +65,8 @@ def _random_mean(
         score = measure_random(library, env_id, root=root, episodes=episodes, backend=backend)
     except Exception as exc:  # reported, never hidden: the filter then runs without the bar
         console.print(
-            f"[yellow]random policy on {library}/{env_id} failed, not compared:[/] {exc}",
+            f"[yellow]random policy on {library}/{env_id} failed, not compared:[/] "
+            f"{escape(str(exc))}",
             highlight=False,
         )
         return None

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_autorl import layout
 from ldm_autorl.candidates import CandidateConfig
@@ -101,7 +102,7 @@ def rank(
         table = rank_candidates(last)
         unranked = _without_episodes(outcome.results, set(table["candidate"].to_list()))
         for cand, why in unranked.items():
-            console.print(f"[yellow]{cand} is not ranked:[/] {why}", highlight=False)
+            console.print(f"[yellow]{cand} is not ranked:[/] {escape(why)}", highlight=False)
         per_env = _per_env_scores(outcome.results)
         parent.log_table(table, "ranking")
         if per_env.height:

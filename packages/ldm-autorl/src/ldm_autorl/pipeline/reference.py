@@ -1,4 +1,14 @@
-"""The reference stage: the top-N ranked candidates on every env, recorded and relabeled."""
+"""The reference stage: the top-N ranked candidates on every env, recorded and relabeled.
+
+Which candidates an env gets is printed before any run starts (`chosen_table`): the ranking is
+pooled over earlier calls and narrowed by what fits each env, so the top-N of an env is not
+something a user could read off the ranking table alone.
+
+Calling the stage again at the same budget with another `top_n` reuses the finished runs: a
+larger N adds the next candidates' runs, a smaller one runs nothing new, and the parent run's
+`top_n` tag lists every N it was called with. The filter and the dataset then hold every
+finished reference run of that budget.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from ldm_autorl import verify
+from ldm_autorl.candidates import CandidateConfig
 from ldm_autorl.config import AutoRLConfig
 from ldm_autorl.errors import EmptyRankingError
 from ldm_autorl.executors import Executor
@@ -69,6 +81,7 @@ def train(
     pairs = []
     for env_id in envs:
         pairs += compatible_pairs(spec, [env_id], ranked)[:top_n]
+    console.print(chosen_table(library, envs, pairs, names, top_n=top_n))
     with stage_parent(
         "reference", library, root=root, budget=budget, name=f"reference runs {library}"
     ) as parent:
@@ -96,3 +109,32 @@ def train(
         )
         parent.log_summary(_stage_metrics(outcome))  # once: a resume reopens the parent
     return outcome
+
+
+def chosen_table(
+    library: str,
+    env_ids: Sequence[str],
+    pairs: Sequence[tuple[str, CandidateConfig]],
+    ranking: Sequence[str],
+    *,
+    top_n: int,
+) -> Table:
+    """The candidates each env gets, in ranking order with their rank; alike envs share a row.
+
+    An env may get fewer than `top_n` (only the candidates that fit its spaces count) or none;
+    grouping keeps a library of hundreds of envs to a few rows.
+    """
+    rank_of = {name: i for i, name in enumerate(ranking, 1)}
+    chosen: dict[str, list[str]] = {env_id: [] for env_id in env_ids}
+    for env_id, cand in pairs:
+        chosen[env_id].append(cand.name)
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for env_id, names in chosen.items():
+        groups.setdefault(tuple(names), []).append(env_id)
+    table = Table(title=f"reference candidates of {library}")
+    table.add_column("envs", overflow="fold")
+    table.add_column(f"top {top_n} that fit (rank)", overflow="fold")
+    for group, envs in groups.items():
+        picked = ", ".join(f"{n} (#{rank_of[n]})" for n in group) or "none fits: no run"
+        table.add_row(", ".join(envs), picked)
+    return table

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_autorl import layout, verify
 from ldm_autorl.candidates import CandidateConfig, compatibility
@@ -62,7 +63,8 @@ def _run_tasks(
             outcome.failures.append(result)
             console.print(
                 f"[red]run {result.key} failed after {result.attempts} attempt(s), "
-                f"quarantined:[/] {result.error.strip().splitlines()[-1] if result.error else ''}",
+                f"quarantined:[/] "
+                f"{escape(result.error.strip().splitlines()[-1]) if result.error else ''}",
                 highlight=False,
             )
     return outcome
@@ -200,5 +202,5 @@ def _stage_metrics(outcome: StageOutcome) -> dict[str, float]:
 def _warn(console: Console) -> verify.Say:
     """How the stages tell about lost runs, quarantined shards and orphans: one line each."""
     return lambda message: console.print(
-        f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True
+        f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True
     )

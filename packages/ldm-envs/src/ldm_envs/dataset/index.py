@@ -14,11 +14,8 @@ its reason instead of stopping the build.
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +25,7 @@ import polars as pl
 from filelock import FileLock
 from pydantic import BaseModel
 
-from ldm_envs.atomic import replace_dir
+from ldm_envs.atomic import fsync_file, replace_dir, tmp_sibling
 from ldm_envs.dataset.errors import CorruptFileError, CorruptIndexError, CorruptShardError
 from ldm_envs.dataset.quarantine import QUARANTINE_DIR, quarantine_shard
 from ldm_envs.dataset.shards import (
@@ -41,6 +38,7 @@ from ldm_envs.dataset.shards import (
     read_decision,
 )
 from ldm_envs.spaces import BoxSpace, DiscreteSpace, MultiBinarySpace, MultiDiscreteSpace
+from ldm_envs.stats import first_last_means
 
 INDEX_DIR = "index"
 #: Version of the index tables' layout (bumped when columns change). 2 added the worker-restart
@@ -142,12 +140,7 @@ def clean_temporaries(root: Path, *, older_than_s: float = 3600.0) -> list[Path]
 def _edge_means(returns: list[float]) -> tuple[float | None, float | None, float | None]:
     if not returns:
         return None, None, None
-    k = max(1, math.ceil(len(returns) / 10))
-    return (
-        sum(returns) / len(returns),
-        sum(returns[:k]) / k,
-        sum(returns[-k:]) / k,
-    )
+    return (sum(returns) / len(returns), *first_last_means(returns))
 
 
 OnCorrupt = Literal["raise", "skip", "quarantine"]
@@ -304,7 +297,7 @@ def find_orphans(root: Path) -> list[Path]:
 def check_index(root: Path) -> IndexCheck:
     """Compare the published index of `root` with the shards and sidecars on disk.
 
-    Costs one `stat` per shard and a directory walk: what `ldm-autorl dataset` runs before
+    Costs one `stat` per shard and a directory walk: what `ldm-autorl show` runs before
     trusting the index's totals.
     """
     root = Path(root)
@@ -335,11 +328,7 @@ def check_index(root: Path) -> IndexCheck:
 
 def _write_synced(path: Path, write: Any) -> None:
     write(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
 
 
 def write_index(
@@ -373,7 +362,7 @@ def write_index(
             (root / orphan).unlink(missing_ok=True)
             _say(report, f"index: removed {orphan}, the decision of a shard that is gone")
         runs, episodes = build_index(root, report=report, **build_kwargs)
-        tmp = root / f".{INDEX_DIR}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = tmp_sibling(root / INDEX_DIR)
         tmp.mkdir()
         try:
             _write_synced(tmp / RUNS_FILE, runs.write_parquet)

@@ -6,9 +6,9 @@ matplotlib is imported on first use (`_require` names the extra when it is missi
 from __future__ import annotations
 
 import html
-import math
 from typing import TYPE_CHECKING, Any
 
+from ldm_envs.stats import first_last_window
 from ldm_envs.tracking.store import _require
 
 if TYPE_CHECKING:
@@ -39,8 +39,8 @@ def _learning_curve_figure(values: list[float], title: str) -> Figure:
                 color="tab:blue",
                 label=f"moving mean ({window} episodes)",
             )
-        tenth = max(1, math.ceil(n / 10))
-        first, last = values[:tenth], values[-tenth:]
+        first, last = first_last_window(values)
+        tenth = len(first)
         ax.hlines(
             sum(first) / len(first), 0, tenth - 1, colors="tab:orange", lw=2, label="first 10%"
         )

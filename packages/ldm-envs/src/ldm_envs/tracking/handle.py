@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +37,7 @@ def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
 
     items = [RunTag(k, _truncate(str(v), _MAX_TAG_LEN)) for k, v in tags.items()]
     for chunk in _chunks(items, _MAX_PARAMS_TAGS_PER_BATCH):
-        _retry(lambda chunk=chunk: client.log_batch(run_id, tags=chunk))
+        _retry(partial(client.log_batch, run_id, tags=chunk))
 
 
 class RunHandle:
@@ -87,7 +88,7 @@ class RunHandle:
         items = []
         for key, value in fresh.items():
             points = (
-                len(_retry(lambda key=key: client.get_metric_history(self.run_id, key)))
+                len(_retry(partial(client.get_metric_history, self.run_id, key)))
                 if key in have
                 else 0
             )
@@ -122,7 +123,7 @@ class RunHandle:
             )
         items = [Param(k, v) for k, v in flat.items() if k not in have]
         for chunk in _chunks(items, _MAX_PARAMS_TAGS_PER_BATCH):
-            _retry(lambda chunk=chunk: client.log_batch(self.run_id, params=chunk))
+            _retry(partial(client.log_batch, self.run_id, params=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) tags."""
@@ -206,4 +207,4 @@ class RunHandle:
     def _log_metric_items(self, items: list[Any]) -> None:
         client = _client()
         for chunk in _chunks(items, _MAX_METRICS_PER_BATCH):
-            _retry(lambda chunk=chunk: client.log_batch(self.run_id, metrics=chunk))
+            _retry(partial(client.log_batch, self.run_id, metrics=chunk))

@@ -251,7 +251,7 @@ def _keep_oldest(run_key: str, created: str, exp_id: str, *, since_ms: int) -> R
     from mlflow.entities import ViewType
 
     client = _client()
-    runs = _retry(
+    runs: list[Run] = _retry(
         lambda: client.search_runs(
             [exp_id],
             filter_string=_run_key_filter(run_key),

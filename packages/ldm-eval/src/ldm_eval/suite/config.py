@@ -40,6 +40,7 @@ from pydantic_core import to_jsonable_python
 from ldm_autorl.config import EXECUTION_FIELDS as AUTORL_EXECUTION_FIELDS
 from ldm_autorl.config import AutoRLConfig
 from ldm_envs.cli_options import field_default
+from ldm_envs.errors import validation_lines
 from ldm_envs.paths import data_home
 from ldm_envs.probe_config import ProbeConfig
 from ldm_eval.errors import SuiteError
@@ -443,10 +444,6 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _loc(loc: Sequence[int | str]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
-
-
 @functools.cache
 def _unknown_candidates(library: str, names: tuple[str, ...]) -> str | None:
     """Why `ldm-autorl` refuses these candidate names for `library`, or None when it knows them.
@@ -462,14 +459,14 @@ def _unknown_candidates(library: str, names: tuple[str, ...]) -> str | None:
     try:
         proc = subprocess.run(args, capture_output=True, text=True, timeout=600, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"could not ask `ldm-autorl candidates` about them: {exc}"
+        return f"could not ask `ldm-autorl list` about them: {exc}"
     if proc.returncode == 0:
         return None
     for line in proc.stderr.splitlines():
         if line.startswith("error:"):
             return line.removeprefix("error:").strip().removeprefix("--candidate: ")
     tail = " ".join(proc.stderr.strip().splitlines()[-3:])
-    return f"`ldm-autorl candidates {library}` failed (exit {proc.returncode}): {tail}"
+    return f"`ldm-autorl list {library}` failed (exit {proc.returncode}): {tail}"
 
 
 def _candidate_problems(suite: Suite) -> list[str]:
@@ -513,11 +510,8 @@ def load_suite(path: str | Path) -> Suite:
     try:
         suite = Suite.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{path}: field {_loc(err['loc'])}: {err['msg'].removeprefix('Value error, ')}"
-            for err in exc.errors()
-        ]
-        raise SuiteError("\n".join(lines)) from None
+        lines = validation_lines(exc, root="(top level)")
+        raise SuiteError("\n".join(f"{path}: {line}" for line in lines)) from None
     problems = _candidate_problems(suite)
     if problems:
         raise SuiteError("\n".join(f"{path}: {p}" for p in problems))

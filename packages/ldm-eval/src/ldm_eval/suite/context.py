@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_eval.suite.config import Suite
 from ldm_eval.suite.record import SuiteRecord
@@ -38,5 +39,5 @@ class StageContext:
     def command(self, text: str) -> str:
         """Note (and show) a command the stage runs, or the CLI equivalent of what it does."""
         self.commands.append(text)
-        self.console.print(f"[dim]$ {text}[/]", highlight=False, soft_wrap=True)
+        self.console.print(f"[dim]$ {escape(text)}[/]", highlight=False, soft_wrap=True)
         return text

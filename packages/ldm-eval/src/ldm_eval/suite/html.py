@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ldm_envs import tracking
-from ldm_envs.manifest import atomic_write_text
+from ldm_envs.atomic import atomic_write_bytes, atomic_write_text
 from ldm_eval.suite.config import STAGES, Suite
 from ldm_eval.suite.context import StageContext
 from ldm_eval.suite.dataset import dataset_summary
@@ -123,9 +123,7 @@ def _training_curve_html(suite: Suite) -> str:
     atomic_write_text(suite.folder / CURVE_FILE, (model_dir / CURVE_FILE).read_text())
     png = (model_dir / CURVE_PNG).read_bytes() if (model_dir / CURVE_PNG).is_file() else None
     if png is not None:
-        tmp = suite.folder / f".{CURVE_PNG}.tmp"
-        tmp.write_bytes(png)
-        tmp.replace(suite.folder / CURVE_PNG)
+        atomic_write_bytes(suite.folder / CURVE_PNG, png)
     return curve_html(suite.folder / CURVE_FILE, png)
 
 

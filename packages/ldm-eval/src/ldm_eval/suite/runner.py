@@ -19,6 +19,7 @@ from pathlib import Path
 
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ldm_envs import tracking
@@ -275,7 +276,8 @@ def _print_summary(outcome: SuiteOutcome, console: Console) -> None:
     console.print(table)
     if outcome.failed:
         rec = record.stages[outcome.failed]
-        console.print(f"[red]stage {outcome.failed} failed:[/] {rec.error}", highlight=False)
+        why = escape(str(rec.error))
+        console.print(f"[red]stage {outcome.failed} failed:[/] {why}", highlight=False)
         console.print(
             f"fix it and run the same command again: finished stages are skipped, stage "
             f"{outcome.failed} resumes",

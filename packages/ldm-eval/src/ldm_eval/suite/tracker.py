@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ldm_envs import tracking
 from ldm_eval.suite.config import Suite
@@ -60,7 +61,7 @@ class SuiteTracker:
         except Exception as exc:
             self.console.print(
                 f"[yellow]warning: could not {what} in MLflow:[/] {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}",
+                f"{escape(str(exc).splitlines()[0]) if str(exc) else ''}",
                 highlight=False,
             )
             return None

@@ -4,7 +4,7 @@ The sampler reads shards through `ShardReader`, which checks the CRC-32 of every
 column the first time it hands it out. A corrupt shard is moved into the data root's
 `quarantine/` folder (with the reason) and training stops with `ShardUnavailableError`
 naming the file: its bad rows are never put in a batch. A shard the index lists but the disk
-no longer has stops training the same way. Either way the index is stale: `ldm-autorl dataset`
+no longer has stops training the same way. Either way the index is stale: `ldm-autorl show`
 (or `verify --repair`) rebuilds it and puts the shard's run back to to-do.
 
 Stopping rather than skipping: a batch is a pure function of `(seed, step)` over the index's
@@ -21,8 +21,8 @@ from ldm_model.errors import ShardUnavailableError
 
 def _rebuild_hint(root: Path) -> str:
     return (
-        f"rebuild the index and put its run back to to-do with `ldm-autorl dataset --root "
-        f"{root}` (or `ldm-autorl verify --root {root} --repair`), then redo the run"
+        f"rebuild the index and put its run back to to-do with `ldm-autorl show --dataset "
+        f"{root}` (or `ldm-autorl verify --dataset {root} --repair`), then redo the run"
     )
 
 

@@ -73,7 +73,7 @@ def loss_curve_figure(records: list[dict[str, float]], title: str) -> Any:
         acc.set_ylim(0, 1)
         acc.set_ylabel("accuracy")
         lines = ax.get_lines() + acc.get_lines()
-        ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+        ax.legend(lines, [str(line.get_label()) for line in lines], loc="center right")
     else:
         ax.text(0.5, 0.5, "no step logged", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from rich.markup import escape
 
 from ldm_model.config import ModelConfig
 from ldm_model.errors import ResumeError
@@ -59,7 +60,7 @@ def resume_notice(console: Console | None, *, is_main: bool) -> Report:
         if not is_main:
             return
         if console is not None:
-            console.print(f"[yellow]warning:[/] resuming: {message}", highlight=False)
+            console.print(f"[yellow]warning:[/] resuming: {escape(message)}", highlight=False)
         else:
             warnings.warn(f"resuming: {message}", CheckpointFallbackWarning, stacklevel=2)
 

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ldm_model.batch import Batch
 from ldm_model.errors import NonFiniteLossError, ResumeError, TrainingError
@@ -163,6 +164,8 @@ class Trainer:
         self.console = console
         self.model_config = config.resolved_model()
         self.out = Path(config.out) if config.out is not None else default_out(config)
+        assert config.batch_size is not None  # TrainConfig's validator resolves None
+        self.batch_size = config.batch_size
         if config.batch_size % ctx.world:
             raise TrainingError(
                 f"batch_size {config.batch_size} does not divide by the {ctx.world} DDP processes"
@@ -275,7 +278,10 @@ class Trainer:
         for first in range(0, share, micro):
             part = batch if micro >= share else batch.select(slice(first, first + micro))
             last = first + micro >= share
-            sync = self.module.no_sync() if (self.ctx.world > 1 and not last) else _nothing()
+            # wrap_ddp gave a DDP module exactly when the world holds several processes
+            sync: contextlib.AbstractContextManager[None] = _nothing()
+            if isinstance(self.module, DistributedDataParallel) and not last:
+                sync = self.module.no_sync()
             with sync:
                 try:
                     with torch.autocast(
@@ -283,7 +289,7 @@ class Trainer:
                     ):
                         ce_sum, hits, _ = self.module(part)
                 except TokenizationError as exc:
-                    env_ids = self.sampler.batch_env_ids(step, self.config.batch_size)
+                    env_ids = self.sampler.batch_env_ids(step, self.batch_size)
                     raise NonFiniteLossError(step, env_ids, f"input value ({exc})") from exc
                 (ce_sum * scale).backward()
             ce_total += ce_sum.detach().double()
@@ -293,13 +299,13 @@ class Trainer:
         loss = g_ce / denom
         if not math.isfinite(loss):
             self.optimizer.zero_grad(set_to_none=True)
-            env_ids = self.sampler.batch_env_ids(step, self.config.batch_size)
+            env_ids = self.sampler.batch_env_ids(step, self.batch_size)
             raise NonFiniteLossError(step, env_ids, "loss", loss)
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            env_ids = self.sampler.batch_env_ids(step, self.config.batch_size)
+            env_ids = self.sampler.batch_env_ids(step, self.batch_size)
             raise NonFiniteLossError(step, env_ids, "gradient norm", grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -392,7 +398,7 @@ class Trainer:
         config, ctx = self.config, self.ctx
         loader = make_loader(
             self.sampler,
-            batch_size=config.batch_size,
+            batch_size=self.batch_size,
             start_step=self.start_step,
             steps=end - self.start_step,
             rank=ctx.rank,

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ldm_envs.atomic import atomic_write_json
 from ldm_envs.dataset.errors import CorruptDecisionError, ShardInputError
-from ldm_envs.dataset.shards.files import _fsync_dir, _tmp_name
 from ldm_envs.dataset.shards.format import DECISION_SUFFIX
 
 
@@ -46,19 +45,7 @@ def write_decision(path: Path, decision: dict[str, Any]) -> None:
     if not isinstance(stats, Mapping):
         raise ShardInputError(f"decision for {path}: 'stats' must be a mapping")
     payload = {**decision, "kept": bool(decision["kept"]), "stats": dict(stats)}
-    text = json.dumps(payload, sort_keys=True, indent=1, default=_json_default)
-    target = decision_path(path)
-    tmp = _tmp_name(target)
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    atomic_write_json(decision_path(path), payload, sort_keys=True, indent=1, default=_json_default)
 
 
 def read_decision(path: Path) -> dict[str, Any] | None:

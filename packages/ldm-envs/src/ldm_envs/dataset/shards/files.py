@@ -1,34 +1,12 @@
-"""Publishing shard files: hidden temporary siblings (`TMP_MARK`), fsync, then rename."""
+"""Publishing shard files: the old home of the temporary-sibling helpers, now `ldm_envs.atomic`.
+
+Kept so that imports of the private names keep working; new code imports `ldm_envs.atomic`.
+"""
 
 from __future__ import annotations
 
-import os
-import uuid
-from pathlib import Path
+from ldm_envs.atomic import fsync_dir as _fsync_dir
+from ldm_envs.atomic import fsync_file as _fsync_file
+from ldm_envs.atomic import tmp_sibling as _tmp_name
 
-from ldm_envs.dataset.shards.format import TMP_MARK
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some filesystems refuse fsync on directories
-        pass
-    finally:
-        os.close(fd)
+__all__ = ["_fsync_dir", "_fsync_file", "_tmp_name"]

@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from ldm_envs.atomic import TMP_MARK  # noqa: F401  (re-exported: its old home)
 from ldm_envs.dataset.errors import ShardInputError
 from ldm_envs.spaces import (
     BoxSpace,
@@ -25,6 +26,7 @@ from ldm_envs.spaces import (
     MultiBinarySpace,
     MultiDiscreteSpace,
     Space,
+    SpaceModel,
 )
 
 #: 2 added the `restarted` column; version-1 shards (without it) are still read.
@@ -33,8 +35,6 @@ FORMAT_VERSION = 2
 SHARD_SUFFIX = ".arrow"
 #: Sidecar suffix appended to the shard's file name: `run.arrow` -> `run.arrow.decision.json`.
 DECISION_SUFFIX = ".decision.json"
-#: Marker in the names of files being written (always hidden: they start with a dot).
-TMP_MARK = ".tmp-"
 #: Columns every shard has, in file order; `ref_action` follows them once relabeled.
 COLUMNS: tuple[str, ...] = (
     "obs",
@@ -63,8 +63,6 @@ _SCALARS: dict[str, np.dtype] = {
     "step": np.dtype(np.int64),
     RESTARTED: np.dtype(np.bool_),
 }
-
-SpaceModel = BoxSpace | DiscreteSpace | MultiDiscreteSpace | MultiBinarySpace
 
 
 class ShardMeta(BaseModel):

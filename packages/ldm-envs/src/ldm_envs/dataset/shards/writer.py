@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from ldm_envs.atomic import atomic_path, publish, tmp_sibling
 from ldm_envs.dataset.errors import CorruptShardError, ShardInputError
 from ldm_envs.dataset.shards.episodes import _EpisodeChecker, _restart_problem
-from ldm_envs.dataset.shards.files import _fsync_dir, _fsync_file, _tmp_name
 from ldm_envs.dataset.shards.format import (
     REF_ACTION,
     RESTARTED,
@@ -62,7 +61,7 @@ class ShardWriter:
         self._fill = 0
         self._checker = _EpisodeChecker()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _tmp_name(path)
+        self._tmp = tmp_sibling(path)
         self._sink = pa.OSFile(str(self._tmp), "wb")
         try:
             self._writer = ipc.new_file(self._sink, self._schema)
@@ -171,9 +170,7 @@ class ShardWriter:
             self._flush()
             self._writer.close()
             self._sink.close()
-            _fsync_file(self._tmp)
-            os.replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
+            publish(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -201,7 +198,8 @@ def write_ref_actions(path: Path, ref_action: np.ndarray) -> None:
     not laundered). `ref_action` has one row per shard row, shaped like `column("action")`.
     """
     path = Path(path)
-    with ShardReader(path) as reader:
+    # the temporary sibling is published once the reader has closed the original
+    with atomic_path(path) as tmp, ShardReader(path) as reader:
         n = reader.num_rows
         dtype, shape = space_layout(reader.meta.action_space)
         arr = np.asarray(ref_action)
@@ -217,28 +215,20 @@ def write_ref_actions(path: Path, ref_action: np.ndarray) -> None:
         schema = shard_schema(reader.meta, ref_action=True, restarted=reader.has_restarted)
         ref_type = schema.field(REF_ACTION).type
         keep = [name for name in reader.columns if name != REF_ACTION]
-        tmp = _tmp_name(path)
-        try:
-            with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
-                start = 0
-                for i in range(reader._reader.num_record_batches):
-                    batch, custom = reader._reader.get_batch_with_custom_metadata(i)
-                    info = _parse_batch_metadata(custom)
-                    if info is None:
-                        raise CorruptShardError(path, f"record batch {i}: no CRC metadata")
-                    rows = batch.num_rows
-                    chunk = _cast(arr[start : start + rows], dtype, what)
-                    chunk = np.ascontiguousarray(chunk)
-                    arrays = [batch.column(name) for name in keep]
-                    arrays.append(_to_arrow(chunk, ref_type))
-                    crcs = {name: info.get("crc32", {}).get(name) for name in keep}
-                    crcs[REF_ACTION] = _crc(chunk)
-                    out = pa.RecordBatch.from_arrays(arrays, schema=schema)
-                    writer.write_batch(out, custom_metadata=_batch_metadata(rows, crcs))
-                    start += rows
-            _fsync_file(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, schema) as writer:
+            start = 0
+            for i in range(reader._reader.num_record_batches):
+                batch, custom = reader._reader.get_batch_with_custom_metadata(i)
+                info = _parse_batch_metadata(custom)
+                if info is None:
+                    raise CorruptShardError(path, f"record batch {i}: no CRC metadata")
+                rows = batch.num_rows
+                chunk = _cast(arr[start : start + rows], dtype, what)
+                chunk = np.ascontiguousarray(chunk)
+                arrays = [batch.column(name) for name in keep]
+                arrays.append(_to_arrow(chunk, ref_type))
+                crcs = {name: info.get("crc32", {}).get(name) for name in keep}
+                crcs[REF_ACTION] = _crc(chunk)
+                out = pa.RecordBatch.from_arrays(arrays, schema=schema)
+                writer.write_batch(out, custom_metadata=_batch_metadata(rows, crcs))
+                start += rows

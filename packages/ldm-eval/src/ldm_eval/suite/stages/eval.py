@@ -58,6 +58,7 @@ def run(ctx: StageContext) -> None:
 
     suite, e = ctx.suite, ctx.suite.eval
     model_dir = train_config(suite).out
+    assert model_dir is not None  # train_config always names the model's folder
     try:
         info = read_checkpoint(model_dir)
     except CheckpointError as exc:

@@ -59,6 +59,7 @@ def run(ctx: StageContext) -> None:
     from ldm_model.training.checkpoint import CheckpointError
 
     config = train_config(ctx.suite)
+    args: list[object]  # options and their values (ints, floats, paths) for `quote`
     args = ["ldm-model", "train", "--model", ctx.suite.model.config, "--dataset", config.data_root]
     args += [a for lib in config.libraries or () for a in ("--library", lib)]
     args += [a for e in config.env_ids or () for a in ("--env", e)]
