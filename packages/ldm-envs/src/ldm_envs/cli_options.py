@@ -20,7 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Annotated, Any, TypeVar, get_type_hints
 
 import typer
@@ -61,7 +62,7 @@ class FieldOption:
     decls: tuple[str, ...] = ()
     type: Any = None
     parse: Callable[[Any], Any] | None = None
-    option: Mapping[str, Any] = field(default_factory=dict)
+    option: Mapping[str, Any] = dataclass_field(default_factory=dict)
 
 
 def field_option(
@@ -104,7 +105,8 @@ class ConfigOptions:
             kind = opt.type if opt.type is not None else info.annotation
             help_text = opt.option.get("help", info.description)
             extra = {k: v for k, v in opt.option.items() if k != "help"}
-            annotation = Annotated[kind, typer.Option(*opt.decls, help=help_text, **extra)]
+            option = typer.Option(*opt.decls, help=help_text, **extra)
+            annotation = Annotated[kind, option]  # type: ignore[valid-type]  # built at runtime
             params.append(
                 inspect.Parameter(
                     opt.field,
@@ -172,7 +174,7 @@ def config_options(
             values[into] = spec.build(values)
             return func(**values)
 
-        del command.__wrapped__  # type: ignore[attr-defined]  # typer reads our signature
+        del command.__wrapped__  # typer reads our signature, not the function's
         command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
         setattr(command, ATTRIBUTE, spec)

@@ -98,7 +98,7 @@ class LibraryConfig(AutoRLConfig, _Named):
         int | None,
         AutoRLConfig.model_fields["parallel"],
         Field(validation_alias=AliasChoices("workers", "parallel"), serialization_alias="workers"),
-    ]
+    ] = AutoRLConfig.model_fields["parallel"].default
     #: Reference-run budgets of single envs, where one library's envs differ a lot (LunarLander
     #: needs ~50x CartPole's transitions); the others get `train_budget`.
     env_budgets: dict[str, int] = {}
@@ -216,7 +216,7 @@ class ModelSection(TrainConfig):
             serialization_alias="config",
             description="named config (`ldm-model list`)",
         ),
-    ]
+    ] = TrainConfig.model_fields["model"].default
 
     @model_validator(mode="before")
     @classmethod
@@ -271,7 +271,7 @@ class EvalSection(EvaluateConfig):
             validation_alias=AliasChoices("workers", "num_workers"),
             serialization_alias="workers",
         ),
-    ]
+    ] = EvaluateConfig.model_fields["num_workers"].default
 
     @field_validator("device")
     @classmethod
