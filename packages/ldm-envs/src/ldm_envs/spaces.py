@@ -8,14 +8,15 @@ worker before they reach the host; what the host sees is always one of the four 
 from __future__ import annotations
 
 import math
-from functools import singledispatch
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import gymnasium as gym
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ldm_envs.errors import SpaceError
+
+if TYPE_CHECKING:  # imported where used: the model's GPU path runs without gymnasium
+    import gymnasium as gym
 
 #: Paper limits (LDM-v0 section 3.3): flattened observation dims, images apart.
 MAX_OBS_DIMS = 128
@@ -117,6 +118,8 @@ class BoxSpace(_SpaceModel):
         return self.dtype == "uint8" and len(self.shape) == 3
 
     def to_gymnasium(self) -> gym.spaces.Box:
+        import gymnasium as gym
+
         return gym.spaces.Box(
             low=self.low_array(),
             high=self.high_array(),
@@ -141,6 +144,8 @@ class DiscreteSpace(_SpaceModel):
         return 1
 
     def to_gymnasium(self) -> gym.spaces.Discrete:
+        import gymnasium as gym
+
         return gym.spaces.Discrete(self.n, start=self.start)
 
     def describe(self) -> str:
@@ -169,6 +174,8 @@ class MultiDiscreteSpace(_SpaceModel):
         return len(self.nvec)
 
     def to_gymnasium(self) -> gym.spaces.MultiDiscrete:
+        import gymnasium as gym
+
         start = None if self.start is None else np.asarray(self.start, dtype=np.int64)
         return gym.spaces.MultiDiscrete(np.asarray(self.nvec, dtype=np.int64), start=start)
 
@@ -187,6 +194,8 @@ class MultiBinarySpace(_SpaceModel):
         return self.n
 
     def to_gymnasium(self) -> gym.spaces.MultiBinary:
+        import gymnasium as gym
+
         return gym.spaces.MultiBinary(self.n)
 
     def describe(self) -> str:
@@ -217,7 +226,6 @@ def _compress(values: np.ndarray) -> _Bound:
     return [float(v) for v in flat]
 
 
-@singledispatch
 def from_gymnasium(
     space: gym.Space[Any],
 ) -> SpaceModel:
@@ -227,40 +235,30 @@ def from_gymnasium(
         SpaceError: for space types the project does not support (Dict/Tuple must be flattened by
             the worker first, Text/Graph/Sequence are not supported).
     """
+    import gymnasium as gym
+
+    if isinstance(space, gym.spaces.Box):
+        return BoxSpace(
+            shape=tuple(int(d) for d in space.shape),
+            dtype=np.dtype(space.dtype).name,
+            low=_compress(space.low),
+            high=_compress(space.high),
+        )
+    if isinstance(space, gym.spaces.Discrete):
+        return DiscreteSpace(n=int(space.n), start=int(space.start))
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        if space.nvec.ndim != 1:
+            raise SpaceError(f"MultiDiscrete with shape {space.nvec.shape} is not flat")
+        start = [int(s) for s in space.start]
+        return MultiDiscreteSpace(
+            nvec=[int(n) for n in space.nvec], start=start if any(start) else None
+        )
+    if isinstance(space, gym.spaces.MultiBinary):
+        return MultiBinarySpace(n=math.prod(np.atleast_1d(space.n).tolist()))
     raise SpaceError(
         f"unsupported space {type(space).__name__}: ldm supports Box, Discrete, MultiDiscrete "
         "and MultiBinary (Dict/Tuple are flattened in the worker unless they hold an image)"
     )
-
-
-@from_gymnasium.register
-def _(space: gym.spaces.Box) -> BoxSpace:
-    return BoxSpace(
-        shape=tuple(int(d) for d in space.shape),
-        dtype=np.dtype(space.dtype).name,
-        low=_compress(space.low),
-        high=_compress(space.high),
-    )
-
-
-@from_gymnasium.register
-def _(space: gym.spaces.Discrete) -> DiscreteSpace:
-    return DiscreteSpace(n=int(space.n), start=int(space.start))
-
-
-@from_gymnasium.register
-def _(space: gym.spaces.MultiDiscrete) -> MultiDiscreteSpace:
-    if space.nvec.ndim != 1:
-        raise SpaceError(f"MultiDiscrete with shape {space.nvec.shape} is not flat")
-    start = [int(s) for s in space.start]
-    return MultiDiscreteSpace(
-        nvec=[int(n) for n in space.nvec], start=start if any(start) else None
-    )
-
-
-@from_gymnasium.register
-def _(space: gym.spaces.MultiBinary) -> MultiBinarySpace:
-    return MultiBinarySpace(n=math.prod(np.atleast_1d(space.n).tolist()))
 
 
 def check_limits(

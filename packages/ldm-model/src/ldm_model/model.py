@@ -8,6 +8,12 @@ is no previous transition). Images smaller than 64x64x3 arrive at their stored s
 The backbone is `transformers.LlamaModel` fed with `inputs_embeds`, so attention, RoPE and the
 KV cache are the well-kept implementation's; the decoder is one linear layer giving `n_bins`
 logits for each of the 28 action dims.
+
+The backbone's attention implementation is transformers' `attn_implementation`: `sdpa` (the
+default), `eager`, or `CAUSAL_SDPA`, registered here: transformers' SDPA that never receives a
+mask for a plain causal sequence, so that PyTorch's flash kernel can run it even under
+`torch.compile` (where transformers before torch 2.14 materializes the causal mask, which the
+flash kernel refuses). The training option `attention` picks one (`training.loss`).
 """
 
 from __future__ import annotations
@@ -18,11 +24,47 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig, LlamaModel
+from transformers import AttentionInterface, LlamaConfig, LlamaModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from ldm_model.batch import Batch
 from ldm_model.config import ModelConfig
 from ldm_model.tokenizer import value_bins
+
+#: Attention implementation name of `causal_sdpa_attention` (transformers' `AttentionInterface`).
+CAUSAL_SDPA = "ldm_causal_sdpa"
+#: What `LDM(attention=...)` accepts: transformers' names, and ours.
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", CAUSAL_SDPA)
+
+
+def causal_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Transformers' SDPA attention, for an implementation name that has no mask function.
+
+    Transformers builds no mask for such a name, so a causal sequence reaches SDPA as
+    `is_causal=True` with no mask: the flash kernel's case. A mask given by the caller (4D,
+    as the policy's prefill passes one) goes through unchanged. Queries that do not start the
+    keys (a cache holding earlier steps) with no mask cannot be told from a fresh sequence
+    here: refused rather than attended upper-left.
+
+    Raises:
+        ValueError: several queries against a longer key sequence, without a mask.
+    """
+    q, k = query.shape[2], key.shape[2]
+    if attention_mask is None and q not in (1, k):
+        raise ValueError(
+            f"{CAUSAL_SDPA}: {q} queries against {k} cached keys need an attention mask"
+        )
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(CAUSAL_SDPA, causal_sdpa_attention)
 
 
 def resize_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -87,8 +129,17 @@ class LossOutput:
 class LDM(nn.Module):
     """Decoder-only transformer policy over transitions of any supported env."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, attention: str = "sdpa") -> None:
+        """`attention`: the backbone's implementation, one of `ATTENTION_IMPLEMENTATIONS`.
+
+        Not part of the weights: a checkpoint loads under any of them.
+        """
         super().__init__()
+        if attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"unknown attention implementation {attention!r}; give one of "
+                f"{', '.join(ATTENTION_IMPLEMENTATIONS)}"
+            )
         self.config = config
         c = config
         #: rows [0, n_bins) embed continuous bins, rows [n_bins, n_bins + discrete_vocab) discrete
@@ -114,6 +165,8 @@ class LDM(nn.Module):
                 pad_token_id=None,
                 bos_token_id=None,
                 eos_token_id=None,
+                # PreTrainedConfig takes it; the strict dataclass signature does not list it
+                attn_implementation=attention,  # type: ignore[call-arg]
             )
         )
         self.decoder = nn.Linear(c.hidden_size, c.act_dims * c.n_bins)

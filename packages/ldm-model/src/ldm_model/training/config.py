@@ -8,7 +8,10 @@ Fields fall in three groups, and the split is what makes resuming and tracking w
 - `steps`: the length of the run. A finished run can be extended by asking for more steps with
   the same `out` (it is part of the MLflow run key, so the extension is its own MLflow run);
 - how the run is carried out (`out`, `num_workers`, `device`, logging, checkpoint and
-  evaluation cadence, `mlflow`): free to change between a run and its resumption.
+  evaluation cadence, `mlflow`, and the GPU execution options `fused_adamw`, `attention`,
+  `compile`): free to change between a run and its resumption. The execution options change
+  the arithmetic's rounding, not the computation: the same weights and batch give the same
+  logits within float tolerance under each (tests/ldm_model/test_gpu_path.py).
 
 Weight decay: the paper names AdamW (0.9, 0.999, 1e-8) at a constant 2.5e-4 and no decay value;
 we keep PyTorch's AdamW default of 0.01, applied to the weights of linear and convolutional
@@ -26,9 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ldm_model.config import ModelConfig, get_config
 
-#: Global batch (windows per step) when none is given: the paper's 1024 for its configs, a
-#: CPU-sized one for `tiny`.
-DEFAULT_BATCH_SIZE: dict[str, int] = {"tiny": 32, "small": 32, "base": 32}
+#: Global batch (windows per step) when none is given: the paper's (384 for its 736M model,
+#: 1024 for the others), a CPU-sized one for the CPU configs.
+DEFAULT_BATCH_SIZE: dict[str, int] = {"tiny": 32, "small": 32, "base": 32, "736M": 384}
 PAPER_BATCH_SIZE = 1024
 
 #: Fields that only say how a run is carried out (free to change on resume, not in the run key).
@@ -44,6 +47,9 @@ EXECUTION_FIELDS: frozenset[str] = frozenset(
         "mlflow",
         "eval_every",
         "eval_episodes",
+        "fused_adamw",
+        "attention",
+        "compile",
     }
 )
 #: Fields that may change between a run and its resumption besides the execution ones.
@@ -51,6 +57,7 @@ EXTENSIBLE_FIELDS: frozenset[str] = frozenset({"steps"})
 
 Precision = Literal["auto", "fp32", "bf16"]
 Weighting = Literal["env", "transitions", "library"]
+Attention = Literal["auto", "eager", "sdpa", "flash"]
 
 
 class TrainConfig(BaseModel):
@@ -78,8 +85,8 @@ class TrainConfig(BaseModel):
     batch_size: int | None = Field(
         default=None,
         gt=0,
-        description="global batch in windows, all DDP ranks together (default: 32 for tiny, "
-        "1024 otherwise)",
+        description="global batch in windows, all DDP ranks together (default: 32 for "
+        "tiny/small/base, 384 for 736M, 1024 otherwise)",
     )
     context: int | None = Field(
         default=None, gt=0, description="window length (default: the model's context)"
@@ -110,6 +117,18 @@ class TrainConfig(BaseModel):
         description="windows per forward pass per process (gradient accumulation)",
     )
     device: str = Field(default="auto", description="auto (CUDA when available) | cpu | cuda")
+    #: As torch's `AdamW(fused=...)`: one launch for all parameters.
+    fused_adamw: bool | None = Field(
+        default=None, description="AdamW's fused kernel (default: on CUDA, plain AdamW elsewhere)"
+    )
+    #: "eager" (matmuls and softmax), "sdpa" (PyTorch's scaled_dot_product_attention, any
+    #: kernel), "flash" (SDPA restricted to its flash kernel).
+    attention: Attention = Field(
+        default="auto",
+        description="auto (sdpa) | sdpa | eager | flash (SDPA's flash kernel only: CUDA bf16)",
+    )
+    #: The backbone is nearly all of the FLOPs; the first steps pay for the compilation.
+    compile: bool = Field(default=False, description="torch.compile the transformer")
     #: Checkpoints, metrics.jsonl, loss_curve.png; the default folder is named after the run
     #: key, so the same command resumes the same run.
     out: Path | None = Field(
@@ -230,6 +249,7 @@ __all__ = [
     "EXECUTION_FIELDS",
     "EXTENSIBLE_FIELDS",
     "PAPER_BATCH_SIZE",
+    "Attention",
     "Precision",
     "TrainConfig",
     "Weighting",
