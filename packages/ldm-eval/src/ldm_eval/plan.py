@@ -69,9 +69,15 @@ class EvalPlan:
     @property
     def key(self) -> str:
         """The evaluation's key (`eval_key`): names its folder and its MLflow run."""
-        from ldm_eval.pipeline import eval_key
+        from ldm_eval.pipeline import eval_key, policy_context
 
-        return eval_key(self.checkpoint, self.envs, list(self.policies), self.config)
+        return eval_key(
+            self.checkpoint,
+            self.envs,
+            list(self.policies),
+            self.config,
+            context=policy_context(self.policies),
+        )
 
     def run(
         self,
