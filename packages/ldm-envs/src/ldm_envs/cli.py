@@ -232,9 +232,11 @@ def add(
     ] = None,
     python: Annotated[str, typer.Option(help="the library's Python")] = "3.11",
     api: Annotated[str, typer.Option(help="gymnasium | gym26 | gym21")] = "gymnasium",
-    import_: Annotated[
+    module: Annotated[
         list[str] | None,
-        typer.Option("--import", help="extra module to import so envs register (repeat)"),
+        typer.Option(
+            "--module", help="extra module to import so envs register (repeat), as for `new`"
+        ),
     ] = None,
     include: Annotated[
         list[str] | None, typer.Option(help="only env ids matching this glob (repeat)")
@@ -276,7 +278,7 @@ def add(
             name=name,
             python=python,
             api=api,
-            imports=import_ or [],
+            imports=module or [],
             include=include or [],
             exclude=exclude or [],
             kwargs=_json_option("--kwargs", kwargs) if kwargs else {},
