@@ -203,7 +203,7 @@ def test_add_keeps_passing_envs_records_failures_widens_bounds_and_writes_a_plug
     assert env.observation_bounds.low is None  # only the exceeded side opens
     assert spec.ranking_envs == ["Drifting-v0"]
     readme = (result.root / "README.md").read_text()
-    assert "| Drifting-v0 | 1 | [-1, 1] | 0 | 3 |" in readme  # dim, declared, seen min/max
+    assert "| Drifting-v0 | 1 | [-1, 1] | 0 | 3 | this env |" in readme  # dim, bounds, seen
     assert "| Raises-v0 | cannot be made, reset or stepped:" in readme
     assert "What to edit next" not in readme
     for name in ("pyproject.toml", RECORD, "tests/test_fake_lib.py"):
@@ -356,3 +356,19 @@ def test_add_a_real_library_into_a_workspace_and_the_refusals(tmp_path):
     record = json.loads((root / RECORD).read_text())
     assert record["options"]["include"] == ["CartPole*"]
     assert EnvLibrarySpec.model_validate(record["generated"]).env_ids == spec.env_ids
+
+
+def test_a_dim_widened_in_one_env_is_widened_in_its_layout_siblings():
+    from ldm_envs.add.trial import Widened, pool_widened
+
+    box = BoxSpace(shape=(3,), low=-10.0, high=10.0)
+    other = BoxSpace(shape=(3,), low=-1.0, high=1.0)
+    push = EnvTrial("Push-v3", observation=box, widened=[Widened(2, -10, 10, -22.0, 3.0)])
+    dense = EnvTrial("PushDense-v3", observation=box, widened=[Widened(1, -10, 10, 0.0, 12.0)])
+    apart = EnvTrial("Other-v0", observation=other)
+    elsewhere = EnvTrial("Push-v9", observation=box)  # same layout, another module
+    family = {"Push-v3": "lib.envs", "PushDense-v3": "lib.envs", "Other-v0": "lib.envs"}
+    pool_widened([push, dense, apart, elsewhere], family | {"Push-v9": "other.envs"})
+    assert [(w.dim, w.seen_in) for w in push.widened] == [(1, "PushDense-v3"), (2, "")]
+    assert [(w.dim, w.seen_in) for w in dense.widened] == [(1, ""), (2, "Push-v3")]
+    assert apart.widened == [] and elsewhere.widened == []

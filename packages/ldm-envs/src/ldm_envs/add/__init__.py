@@ -37,7 +37,13 @@ from ldm_envs.add.plugin import (
     write_plugin_files,
 )
 from ldm_envs.add.resolve import distribution_names, pin_requirements, top_level_modules
-from ldm_envs.add.trial import EnvTrial, probe_spaces, roll_out, widened_bounds
+from ldm_envs.add.trial import (
+    EnvTrial,
+    pool_widened,
+    probe_spaces,
+    roll_out,
+    widened_bounds,
+)
 from ldm_envs.backends import Backend, get_backend
 from ldm_envs.errors import BuildError, LDMEnvsError, validation_lines
 from ldm_envs.manifest import (
@@ -205,45 +211,41 @@ def add_library(
             "module that registers them with --import, or check the globs"
         )
 
-    # 3. probe and step each env
+    # 3. probe and step each env; widen the bounds the steps left (evidence pooled by layout)
     envs = {e: _env_spec(e, listed[e].get("max_episode_steps"), options) for e in ids}
     spec = base.model_copy(update={"envs": list(envs.values())})
     _say(console, f"probing {len(ids)} envs")
     trials = probe_spaces(spec, backend_obj, ids)
     for env_id, trial in trials.items():
-        if not trial.ok:
+        if trial.ok:
+            env = envs[env_id].model_copy(
+                update={"observation_space": trial.observation, "action_space": trial.action}
+            )
+            envs[env_id] = env
+            roll_out(
+                spec.model_copy(update={"envs": [env]}),
+                env,
+                backend_obj,
+                trial,
+                steps=options.steps,
+                min_steps_per_second=options.min_steps_per_second,
+            )
+        if trial.ok:
+            _say(console, f"  [green]ok[/] {env_id}: {trial.steps_per_second:g} random steps/s")
+        else:
             _say(console, f"  [red]excluded[/] {env_id}: {trial.cause}")
-            continue
-        env = envs[env_id].model_copy(
-            update={"observation_space": trial.observation, "action_space": trial.action}
-        )
-        roll_out(
-            spec.model_copy(update={"envs": [env]}),
-            env,
-            backend_obj,
-            trial,
-            steps=options.steps,
-            min_steps_per_second=options.min_steps_per_second,
-        )
+    pool_widened(list(trials.values()), {e: str(listed[e].get("entry_point")) for e in ids})
+    for env_id, trial in trials.items():
         if trial.ok and trial.widened and isinstance(trial.observation, BoxSpace):
             bounds = widened_bounds(trial.observation, trial.widened)
             declared = trial.observation.model_copy(
                 update={k: v for k, v in bounds.worker_request().items() if v is not None}
             )
-            env = env.model_copy(
+            envs[env_id] = envs[env_id].model_copy(
                 update={"observation_bounds": bounds, "observation_space": declared}
             )
-            dims = ", ".join(
-                f"{w.dim} (seen {w.seen_min:.3g}..{w.seen_max:.3g})" for w in trial.widened
-            )
-            _say(console, f"  [yellow]widened[/] {env_id} observation bounds on dims {dims}")
-        envs[env_id] = env
-        mark = "[green]ok[/]" if trial.ok else "[red]excluded[/]"
-        _say(
-            console,
-            f"  {mark} {env_id}: {trial.steps_per_second:g} steps/s"
-            + (f" ({trial.cause})" if trial.cause else ""),
-        )
+            dims = ", ".join(str(w.dim) for w in trial.widened)
+            _say(console, f"  [yellow]widened[/] {env_id}: observation bounds of dims {dims}")
     passing = [t for t in trials.values() if t.ok]
     if not passing:
         causes = "\n".join(f"  {t.env_id}: {t.cause}" for t in trials.values())

@@ -191,15 +191,16 @@ def readme_section(
             "### Observation bounds widened",
             "",
             "Random steps left the library's declared bounds on these dims, so the manifest's "
-            "`observation_bounds` opens the exceeded side (values are not clipped):",
+            "`observation_bounds` opens the exceeded side (values are not clipped). A dim seen "
+            "in another env of the same module and observation layout is widened here too:",
             "",
-            "| env | dim | declared | seen min | seen max |",
-            "| --- | --- | --- | --- | --- |",
+            "| env | dim | declared | seen min | seen max | seen in |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for t in widened:
             lines += [
                 f"| {t.env_id} | {w.dim} | [{_fmt(w.low)}, {_fmt(w.high)}] | {_fmt(w.seen_min)} "
-                f"| {_fmt(w.seen_max)} |"
+                f"| {_fmt(w.seen_max)} | {w.seen_in or 'this env'} |"
                 for w in t.widened
             ]
     lines.append(README_END)

@@ -30,6 +30,8 @@ class Widened:
     high: float
     seen_min: float
     seen_max: float
+    #: The env whose rollouts showed it, when another env of the same layout did (see `pool`).
+    seen_in: str = ""
 
 
 @dataclass
@@ -164,3 +166,33 @@ def roll_out(
             f"{min_steps_per_second:g} asked (--min-steps-per-second)"
         )
     return trial
+
+
+def pool_widened(trials: list[EnvTrial], family: dict[str, str]) -> None:
+    """Share the widened dims among envs of one observation layout.
+
+    Envs of one library module with the same Box (shape and declared bounds) usually put the
+    same quantity in each dim (panda-gym's Push, PushDense and PushJoints: the object's angular
+    velocity in dims 21-23), and a few hundred random steps show a bound left in some of them
+    only. A dim widened in one is widened in all, with the env that showed it as the evidence;
+    widening only loosens a bound, so a wrong guess costs no failure.
+    """
+    groups: dict[tuple[str, str], list[EnvTrial]] = {}
+    for t in trials:
+        if t.ok and isinstance(t.observation, BoxSpace) and not t.observation.is_image:
+            key = (family.get(t.env_id, ""), t.observation.model_dump_json())
+            groups.setdefault(key, []).append(t)
+    for members in groups.values():
+        found: dict[int, Widened] = {}
+        for t in members:
+            for w in t.widened:
+                best = found.get(w.dim)
+                if best is None:
+                    found[w.dim] = Widened(**{**w.__dict__, "seen_in": t.env_id})
+                else:
+                    best.seen_min = min(best.seen_min, w.seen_min)
+                    best.seen_max = max(best.seen_max, w.seen_max)
+        for t in members:
+            own = {w.dim for w in t.widened}
+            t.widened += [w for d, w in sorted(found.items()) if d not in own]
+            t.widened.sort(key=lambda w: w.dim)
