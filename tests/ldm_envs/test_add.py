@@ -200,7 +200,7 @@ def test_add_keeps_passing_envs_records_failures_widens_bounds_and_writes_a_plug
     assert env.max_episode_steps == 40  # the registered limit
     assert env.observation_bounds is not None
     assert env.observation_bounds.high == [1.0, float("inf"), 1.0]
-    assert env.observation_bounds.low is None  # only the exceeded side opens
+    assert env.observation_bounds.low == [-1.0, float("-inf"), -1.0]  # symmetric: both sides
     assert spec.ranking_envs == ["Drifting-v0"]
     readme = (result.root / "README.md").read_text()
     assert "| Drifting-v0 | 1 | [-1, 1] | 0 | 3 | this env |" in readme  # dim, bounds, seen

@@ -191,8 +191,9 @@ def readme_section(
             "### Observation bounds widened",
             "",
             "Random steps left the library's declared bounds on these dims, so the manifest's "
-            "`observation_bounds` opens the exceeded side (values are not clipped). A dim seen "
-            "in another env of the same module and observation layout is widened here too:",
+            "`observation_bounds` opens the exceeded side (both sides of a symmetric bound; "
+            "values are not clipped). A dim seen in another env of the same module and "
+            "observation layout is widened here too:",
             "",
             "| env | dim | declared | seen min | seen max | seen in |",
             "| --- | --- | --- | --- | --- | --- |",

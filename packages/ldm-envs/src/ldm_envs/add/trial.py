@@ -94,11 +94,12 @@ def _widen(space: BoxSpace, seen_min: np.ndarray, seen_max: np.ndarray) -> list[
 
 
 def widened_bounds(space: BoxSpace, widened: list[Widened]) -> ObservationBounds:
-    """Bounds for the manifest: the library's, with each exceeded side made unbounded.
+    """Bounds for the manifest: the library's, each exceeded side made unbounded.
 
     Unbounded (not the largest value seen) because a few hundred random steps show that the
-    declared bound is wrong, not where the true one lies. Integer boxes open to their dtype's
-    range, which is what a Box of that dtype can hold.
+    declared bound is wrong, not where the true one lies. A symmetric bound (`-b, b`, as for a
+    velocity) seen wrong on one side opens on both: the other side is as wrong, only not seen
+    yet (panda-gym's angular velocities). Integer boxes open to their dtype's range.
     """
     low = space.low_array().astype(np.float64).ravel()
     high = space.high_array().astype(np.float64).ravel()
@@ -106,13 +107,13 @@ def widened_bounds(space: BoxSpace, widened: list[Widened]) -> ObservationBounds
     lo_open, hi_open = (
         (float(np.iinfo(dt).min), float(np.iinfo(dt).max)) if dt.kind in "iu" else (-np.inf, np.inf)
     )
+    changed_low = changed_high = False
     for w in widened:
-        if w.seen_min < w.low:
-            low[w.dim] = lo_open
-        if w.seen_max > w.high:
-            high[w.dim] = hi_open
-    changed_low = any(w.seen_min < w.low for w in widened)
-    changed_high = any(w.seen_max > w.high for w in widened)
+        symmetric = w.low == -w.high
+        if w.seen_min < w.low or (symmetric and w.seen_max > w.high):
+            low[w.dim], changed_low = lo_open, True
+        if w.seen_max > w.high or (symmetric and w.seen_min < w.low):
+            high[w.dim], changed_high = hi_open, True
 
     def plain(values: np.ndarray) -> float | list[float]:
         return float(values[0]) if np.all(values == values[0]) else [float(v) for v in values]
