@@ -275,9 +275,11 @@ def test_the_ranking_subset_covers_each_space_kind_fastest_first():
         for i in range(6)
     ] + [
         EnvTrial("C-v0", observation=box, action=cont, steps_per_second=10),
+        EnvTrial("Wide-v0", observation=BoxSpace(shape=(9,), low=0.0, high=1.0), action=disc),
         EnvTrial("Bad-v0", cause="x", observation=box, action=cont, steps_per_second=9999),
     ]
-    assert choose_ranking_subset(trials) == ["D0-v0", "C-v0", "D1-v0", "D2-v0", "D3-v0"]
+    # a new observation space first (however slow), then a new pair, then the fastest
+    assert choose_ranking_subset(trials) == ["D0-v0", "Wide-v0", "C-v0", "D1-v0", "D2-v0"]
 
 
 # --- real libraries from the index, through a venv ----------------------------------------------

@@ -254,7 +254,9 @@ def add(
     max_episode_steps: Annotated[
         int | None, typer.Option(help="time limit of every env (default: the registered one)")
     ] = None,
-    steps: Annotated[int, typer.Option(help="random steps per env")] = 200,
+    steps: Annotated[
+        int, typer.Option(help="random steps per env (bounds left show up in the hundreds)")
+    ] = 1000,
     min_steps_per_second: Annotated[
         float, typer.Option(help="exclude envs slower than this")
     ] = 50.0,

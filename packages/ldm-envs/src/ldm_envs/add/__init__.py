@@ -82,7 +82,7 @@ class AddOptions(BaseModel):
     kwargs: dict[str, Any] = {}
     wrappers: list[str | WrapperSpec] = []
     max_episode_steps: int | None = Field(default=None, gt=0)
-    steps: int = Field(default=200, gt=0)
+    steps: int = Field(default=1000, gt=0)
     min_steps_per_second: float = Field(default=50.0, ge=0)
     register_plugin: bool = True
 

@@ -35,27 +35,30 @@ README_BEGIN = "<!-- ldm-envs add: begin (rewritten by every `ldm-envs add`) -->
 README_END = "<!-- ldm-envs add: end -->"
 
 
-def _kind(trial: EnvTrial) -> str:
-    obs, act = trial.observation, trial.action
-    obs_kind = "image" if obs is not None and obs.is_image else getattr(obs, "type", "?")
-    return f"{obs_kind}->{getattr(act, 'type', '?')}"
+def _describe(space: object) -> str:
+    return space.describe() if space is not None else "?"  # type: ignore[attr-defined]
 
 
 def choose_ranking_subset(trials: list[EnvTrial]) -> list[str]:
     """Five passing envs, diverse and fast.
 
-    One env per (observation, action) kind first, the fastest of each kind, then the fastest of
-    the rest: ranking trains every candidate on these, so speed pays many times over.
+    Fastest first within each of three passes: one env per observation space (kind and
+    shape), then one per new (observation, action) pair, then the fastest of the rest.
+    Ranking trains every candidate on these, so speed pays many times over.
     """
     fastest = sorted((t for t in trials if t.ok), key=lambda t: -t.steps_per_second)
     subset: list[str] = []
-    kinds: set[str] = set()
-    for t in fastest:
-        if _kind(t) not in kinds and len(subset) < RANKING_SUBSET_SIZE:
-            subset.append(t.env_id)
-            kinds.add(_kind(t))
-    subset += [t.env_id for t in fastest if t.env_id not in subset]
-    return subset[:RANKING_SUBSET_SIZE]
+    for key in (
+        lambda t: _describe(t.observation),
+        lambda t: f"{_describe(t.observation)} -> {_describe(t.action)}",
+        lambda t: t.env_id,
+    ):
+        seen = {key(t) for t in fastest if t.env_id in subset}
+        for t in fastest:
+            if len(subset) < RANKING_SUBSET_SIZE and t.env_id not in subset and key(t) not in seen:
+                subset.append(t.env_id)
+                seen.add(key(t))
+    return subset
 
 
 def _normal(spec: EnvLibrarySpec) -> dict[str, Any]:
