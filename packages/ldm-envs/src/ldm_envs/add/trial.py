@@ -132,24 +132,30 @@ def roll_out(
     steps: int,
     min_steps_per_second: float,
     seed: int = 0,
+    copies: int = 2,
 ) -> EnvTrial:
-    """Step one probed env with random actions; fill speed, episodes, widened dims or a cause."""
+    """Step one probed env with random actions; fill speed, episodes, widened dims or a cause.
+
+    `copies` copies start from seeds `seed`, `seed + 1`, ... (as `check` does): starts differ,
+    so more of the values the env can reach show up per second of stepping.
+    """
     try:
-        with EnvPool(spec, env.id, num_envs=1, backend=backend, max_restarts=0) as pool:
+        with EnvPool(spec, env.id, num_envs=copies, backend=backend, max_restarts=0) as pool:
             action_space = pool.action_spaces[0].to_gymnasium()
             action_space.seed(seed)
             obs, _ = pool.reset(seed=seed)
             box = pool.observation_spaces[0]
-            rows = [np.asarray(obs[0], dtype=np.float64).ravel()]
+            rows = [np.asarray(o, dtype=np.float64).ravel() for o in obs]
             start = time.perf_counter()
             for _ in range(steps):
-                r = pool.step(np.stack([action_space.sample()]))
+                r = pool.step(np.stack([action_space.sample() for _ in range(copies)]))
                 if not np.all(np.isfinite(r.rewards)):
                     trial.cause = f"non-finite reward {r.rewards.tolist()} in random steps"
                     return trial
                 trial.episodes += int(np.sum(r.terminated | r.truncated))
-                rows.append(np.asarray(r.obs[0], dtype=np.float64).ravel())
-            trial.steps_per_second = round(steps / max(time.perf_counter() - start, 1e-9), 1)
+                rows += [np.asarray(o, dtype=np.float64).ravel() for o in r.obs]
+            elapsed = max(time.perf_counter() - start, 1e-9)
+            trial.steps_per_second = round(steps * copies / elapsed, 1)
     except (WorkerError, LDMEnvsError) as exc:
         trial.cause = f"failed in random steps: {_first_line(str(exc))}"
         return trial
