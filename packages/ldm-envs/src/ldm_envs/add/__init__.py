@@ -254,7 +254,7 @@ def add_library(
     # 4. the manifest, merged with the hand edits of an existing plugin
     generated = base.model_copy(
         update={
-            "description": f"{name}: {', '.join(requirements)}, added by `ldm-envs add`.",
+            "description": f"{', '.join(requirements)} envs, added by `ldm-envs add`.",
             "requires_core": _core_range(),
             "envs": [envs[t.env_id] for t in passing],
             "excluded": {t.env_id: t.cause for t in trials.values() if not t.ok},
