@@ -64,6 +64,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "device",
                 "env-spec",
                 "episodes",
+                "exclude",
                 "eval-device",
                 "eval-episodes",
                 "eval-every",
@@ -72,11 +73,16 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "fresh",
                 "from-stage",
                 "grad-clip",
+                "include",
                 "keep-checkpoints",
+                "kwargs",
                 "log-every",
                 "lr",
+                "max-episode-steps",
                 "max-restarts",
                 "micro-batch",
+                "min-steps-per-second",
+                "name",
                 "only",
                 "overwrite",
                 "ppo-config",
@@ -100,6 +106,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "train-budget",
                 "weight-decay",
                 "weighting",
+                "wrapper",
             )
         },
         **{
@@ -115,6 +122,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "progress",
                 "random-baseline",
                 "rebuild",
+                "register",
                 "sb3",
                 "verify",
             )
@@ -130,7 +138,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
 INSPECTION = {"list", "show"}
 #: The commands that do work (anything else visible is a drift, or belongs in one of these).
 WORK_COMMANDS = {
-    "ldm-envs": {"build", "probe", "new", "check", "bench", "docker-base"},
+    "ldm-envs": {"build", "probe", "new", "add", "check", "bench", "docker-base"},
     "ldm-autorl": {"rank", "train", "filter", "verify", "export", "run"},
     "ldm-model": {"train"},
     "ldm-eval": {"evaluate", "report", "suite", "sizes"},

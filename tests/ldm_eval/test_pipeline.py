@@ -12,7 +12,7 @@ from ldm_envs import tracking
 from ldm_envs.dataset import ShardMeta, ShardWriter, write_decision, write_index
 from ldm_envs.plugins import get_library
 from ldm_eval.checkpoint import CheckpointInfo
-from ldm_eval.pipeline import evaluate, plan_envs, score_policies
+from ldm_eval.pipeline import eval_key, evaluate, plan_envs, policy_context, score_policies
 from ldm_eval.policies import LDMPolicyFactory, RandomPolicy, RandomPolicyFactory
 from ldm_eval.protocol import EnvTarget, EvalConfig
 from ldm_eval.results import EvalRunDir
@@ -145,6 +145,19 @@ def test_plan_flags_untrained_libraries(checkpoint):
         plan_envs(None, ["toy"], ["Nope-v0"])
     with pytest.raises(KeyError, match=r"unknown env library 'nope'; known libraries: .*toy"):
         plan_envs(None, ["nope"])
+
+
+def test_a_non_default_context_is_another_evaluation(checkpoint):
+    """Context changes results: it keys the evaluation, but the default keeps the old keys."""
+    envs, _ = plan_envs(checkpoint)
+    config = EvalConfig(episodes=1, rollouts=1)
+    trained = {"ldm": LDMPolicyFactory(checkpoint.path)}
+    short = {"ldm": LDMPolicyFactory(checkpoint.path, context=4)}
+    plain = eval_key(checkpoint, envs, ["ldm"], config)
+    assert eval_key(checkpoint, envs, ["ldm"], config, context=policy_context(trained)) == plain
+    keyed = eval_key(checkpoint, envs, ["ldm"], config, context=policy_context(short))
+    assert keyed != plain
+    assert keyed == eval_key(checkpoint, envs, ["ldm"], config, context=4)
 
 
 def test_evaluation_writes_tables_report_and_mlflow(tmp_path, dataset, checkpoint):

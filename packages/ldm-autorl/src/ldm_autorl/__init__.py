@@ -21,6 +21,7 @@ if TYPE_CHECKING:
         compatibility_table,
         registry,
     )
+    from ldm_autorl.config import AutoRLConfig
     from ldm_autorl.errors import (
         CandidateError,
         EmptyRankingError,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     __version__: str
 
 _EXPORTS = {
+    "AutoRLConfig": "ldm_autorl.config",
     "CandidateConfig": "ldm_autorl.candidates",
     "CandidateRegistry": "ldm_autorl.candidates",
     "compatibility": "ldm_autorl.candidates",
@@ -98,6 +100,7 @@ __getattr__, __dir__ = lazy_module(__name__, _EXPORTS, distribution="ldm-autorl"
 del lazy_module
 
 __all__ = [
+    "AutoRLConfig",
     "CandidateConfig",
     "CandidateError",
     "CandidateRegistry",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import polars as pl
 import typer
@@ -11,7 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ldm_autorl import layout, pipeline
+from ldm_autorl.config import AutoRLConfig
 from ldm_envs.cli_app import make_app
+from ldm_envs.cli_options import config_options, field_option
 from ldm_envs.console import make_console
 from ldm_envs.errors import LDMEnvsError
 from ldm_envs.plugins import get_library
@@ -30,25 +33,12 @@ DatasetOpt = Annotated[
     Path | None,
     typer.Option("--dataset", "-d", help="dataset root (default <data home>/autorl)"),
 ]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="local | ray")]
-AddressOpt = Annotated[
-    str | None, typer.Option("--address", help="Ray cluster address (default: a local Ray)")
-]
-ParallelOpt = Annotated[
-    int | None, typer.Option("--parallel", help="parallel runs (local executor; default: cores)")
-]
-SeedOpt = Annotated[list[int] | None, typer.Option("--seed", help="seed(s), repeatable")]
-BackendOpt = Annotated[
-    str, typer.Option("--backend", "-b", help="isolation backend: venv | docker")
-]
-MaxRestartsOpt = Annotated[
-    int,
-    typer.Option(
-        "--max-restarts",
-        help="env-worker restarts a run survives (each cuts its envs' episodes, which are marked "
-        "and left out of the statistics); one more fails the run, naming the cause",
-    ),
-]
+BACKEND = field_option("backend", "--backend", "-b")
+SEEDS = field_option("seeds", "--seed")
+CANDIDATES = field_option("candidates", "--candidate")
+ENVS = field_option("envs", "--env")
+#: How the stage runs: the executor, its address, parallel runs.
+EXECUTION = ("executor", "address", "parallel")
 
 
 def _root(root: Path | None) -> Path:
@@ -90,6 +80,27 @@ def _check_options(
     _check_candidates(candidates)
 
 
+def _check(*counts: tuple[str, str]) -> Callable[[Mapping[str, Any]], None]:
+    """A `config_options` check: `_check_options` on the fields the command has.
+
+    `counts` pairs an option that must be positive with its field (`("--budget",
+    "rank_budget")`).
+    """
+
+    def check(values: Mapping[str, Any]) -> None:
+        _check_options(
+            counts={option: values[name] for option, name in counts},
+            executor=values.get("executor"),
+            parallel=values.get("parallel"),
+            backend=values.get("backend"),
+            candidates=values.get("candidates"),
+            random_episodes=values.get("random_episodes"),
+            max_restarts=values.get("max_restarts"),
+        )
+
+    return check
+
+
 def _check_candidates(names: list[str] | None) -> None:
     """Every `--candidate` must be registered (a broken one is refused with its reason).
 
@@ -117,9 +128,10 @@ def _check_candidates(names: list[str] | None) -> None:
         )
 
 
-def _executor(name: str, address: str | None, parallel: int | None):
+def _executor(config: AutoRLConfig):
     from ldm_autorl.executors import LocalExecutor, make_executor
 
+    name, address, parallel = config.executor, config.address, config.parallel
     if name == "local" and address is None:
         # tasks fork from a server that imported torch/SB3/MLflow once
         return LocalExecutor(max_workers=parallel, preload=["ldm_autorl.preload"])
@@ -200,43 +212,30 @@ def list_candidates(
 
 
 @app.command()
-def rank(
-    library: str,
-    budget: Annotated[int, typer.Option(help="transitions per run")] = (
-        pipeline.DEFAULT_RANK_BUDGET
-    ),
-    seed: SeedOpt = None,
-    candidate: Annotated[
-        list[str] | None, typer.Option("--candidate", help="only these candidates")
-    ] = None,
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    parallel: ParallelOpt = None,
-    backend: BackendOpt = "venv",
-    dataset: DatasetOpt = None,
-    max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
-) -> None:
+@config_options(
+    AutoRLConfig,
+    field_option("rank_budget", "--budget"),
+    SEEDS,
+    CANDIDATES,
+    *EXECUTION,
+    BACKEND,
+    "max_restarts",
+    check=_check(("--budget", "rank_budget")),
+)
+def rank(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> None:
     """Train compatible candidates on the 5-env subset; rank them by one-tailed Welch points.
 
     Another `--seed` or `--backend` at the same budget adds runs to that budget's ranking.
     """
-    _check_options(
-        counts={"--budget": budget},
-        executor=executor,
-        parallel=parallel,
-        backend=backend,
-        candidates=candidate,
-        max_restarts=max_restarts,
-    )
     table, outcome = pipeline.rank(
         library,
-        executor=_executor(executor, address, parallel),
+        executor=_executor(config),
         root=_root(dataset),
-        budget=budget,
-        seeds=seed or [0],
-        candidates=candidate,
-        backend=backend,
-        max_restarts=max_restarts,
+        budget=config.rank_budget,
+        seeds=config.seeds,
+        candidates=config.candidates,
+        backend=config.backend,
+        max_restarts=config.max_restarts,
     )
     _print_ranking(table, outcome, library)
     if outcome.failures:
@@ -244,39 +243,29 @@ def rank(
 
 
 @app.command()
-def train(
-    library: str,
-    top_n: Annotated[int, typer.Option(help="best compatible candidates per env")] = 3,
-    budget: Annotated[int, typer.Option(help="transitions per run")] = (
-        pipeline.DEFAULT_TRAIN_BUDGET
-    ),
-    seed: SeedOpt = None,
-    env: Annotated[list[str] | None, typer.Option("--env", help="only these env ids")] = None,
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    parallel: ParallelOpt = None,
-    backend: BackendOpt = "venv",
-    dataset: DatasetOpt = None,
-    max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
-) -> None:
+@config_options(
+    AutoRLConfig,
+    "top_n",
+    field_option("train_budget", "--budget"),
+    SEEDS,
+    ENVS,
+    *EXECUTION,
+    BACKEND,
+    "max_restarts",
+    check=_check(("--top-n", "top_n"), ("--budget", "train_budget")),
+)
+def train(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> None:
     """Reference runs of the top-N candidates on every env, recorded and relabeled."""
-    _check_options(
-        counts={"--top-n": top_n, "--budget": budget},
-        executor=executor,
-        parallel=parallel,
-        backend=backend,
-        max_restarts=max_restarts,
-    )
     outcome = pipeline.train(
         library,
-        executor=_executor(executor, address, parallel),
+        executor=_executor(config),
         root=_root(dataset),
-        top_n=top_n,
-        budget=budget,
-        seeds=seed or [0],
-        env_ids=env,
-        backend=backend,
-        max_restarts=max_restarts,
+        top_n=config.top_n,
+        budget=config.train_budget,
+        seeds=config.seeds,
+        env_ids=config.envs,
+        backend=config.backend,
+        max_restarts=config.max_restarts,
     )
     console.print(
         f"{len(outcome.results)} reference runs finished ({outcome.skipped} earlier), "
@@ -286,31 +275,19 @@ def train(
         raise typer.Exit(1)
 
 
-RandomEpisodesOpt = Annotated[
-    int,
-    typer.Option(
-        "--random-episodes",
-        help="episodes of a random policy per env, the bar a reference must clear and the "
-        "zero of %-of-zoo (measured once per data root; 0: skip)",
-    ),
-]
-
-
 @app.command("filter")
-def filter_(
-    library: str,
-    backend: BackendOpt = "venv",
-    random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
-    dataset: DatasetOpt = None,
-) -> None:
+@config_options(AutoRLConfig, BACKEND, "random_episodes", check=_check())
+def filter_(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> None:
     """Apply the improvement, performance and better-than-random filters; rebuild the index.
 
     The table shows each run's last-10% return beside a random policy's and the best score
     rl-baselines3-zoo publishes for the env (`pct_of_zoo`: 0 = random, 1 = zoo).
     """
-    _check_options(backend=backend, random_episodes=random_episodes)
     table = pipeline.filter_runs(
-        library, root=_root(dataset), backend=backend, random_episodes=random_episodes
+        library,
+        root=_root(dataset),
+        backend=config.backend,
+        random_episodes=config.random_episodes,
     )
     if table.height:
         _print_decisions(table, library)
@@ -461,74 +438,57 @@ def export_(
 
 
 @app.command()
-def run(
-    library: str,
-    rank_budget: Annotated[int, typer.Option(help="transitions per ranking run")] = (
-        pipeline.DEFAULT_RANK_BUDGET
+@config_options(
+    AutoRLConfig,
+    "rank_budget",
+    "train_budget",
+    "top_n",
+    CANDIDATES,
+    ENVS,
+    SEEDS,
+    *EXECUTION,
+    BACKEND,
+    "random_episodes",
+    "max_restarts",
+    check=_check(
+        ("--rank-budget", "rank_budget"), ("--train-budget", "train_budget"), ("--top-n", "top_n")
     ),
-    train_budget: Annotated[int, typer.Option(help="transitions per reference run")] = (
-        pipeline.DEFAULT_TRAIN_BUDGET
-    ),
-    top_n: Annotated[int, typer.Option(help="best compatible candidates per env")] = 3,
-    candidate: Annotated[
-        list[str] | None, typer.Option("--candidate", help="only these candidates")
-    ] = None,
-    env: Annotated[
-        list[str] | None,
-        typer.Option("--env", help="reference runs on these env ids only (default: all)"),
-    ] = None,
-    seed: SeedOpt = None,
-    executor: ExecutorOpt = "local",
-    address: AddressOpt = None,
-    parallel: ParallelOpt = None,
-    backend: BackendOpt = "venv",
-    random_episodes: RandomEpisodesOpt = pipeline.DEFAULT_RANDOM_EPISODES,
-    dataset: DatasetOpt = None,
-    max_restarts: MaxRestartsOpt = pipeline.MAX_WORKER_RESTARTS,
-) -> None:
+)
+def run(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> None:
     """Run rank -> train -> filter, resumable: finished runs are never redone or duplicated.
 
     Ranking always uses the library's 5-env ranking subset; `--env` narrows the reference runs
     (a library of 57 Atari games at a smoke-test budget, say).
     """
     data_root = _root(dataset)
-    _check_options(
-        counts={"--rank-budget": rank_budget, "--train-budget": train_budget, "--top-n": top_n},
-        executor=executor,
-        parallel=parallel,
-        backend=backend,
-        candidates=candidate,
-        random_episodes=random_episodes,
-        max_restarts=max_restarts,
-    )
-    ex = _executor(executor, address, parallel)
+    ex = _executor(config)
     spec = get_library(library)
-    for env_id in env or []:  # a typo in --env fails now, not after the whole ranking
+    for env_id in config.envs or []:  # a typo in --env fails now, not after the whole ranking
         spec.env(env_id)
     ranking, ranked = pipeline.rank(
         library,
         executor=ex,
         root=data_root,
-        budget=rank_budget,
-        seeds=seed or [0],
-        candidates=candidate,
-        backend=backend,
-        max_restarts=max_restarts,
+        budget=config.rank_budget,
+        seeds=config.seeds,
+        candidates=config.candidates,
+        backend=config.backend,
+        max_restarts=config.max_restarts,
     )
     _print_ranking(ranking, ranked, library)  # then `train` prints the top-N each env gets
     pipeline.train(
         library,
         executor=ex,
         root=data_root,
-        top_n=top_n,
-        budget=train_budget,
-        seeds=seed or [0],
-        env_ids=env,
-        backend=backend,
-        max_restarts=max_restarts,
+        top_n=config.top_n,
+        budget=config.train_budget,
+        seeds=config.seeds,
+        env_ids=config.envs,
+        backend=config.backend,
+        max_restarts=config.max_restarts,
     )
     table = pipeline.filter_runs(
-        library, root=data_root, backend=backend, random_episodes=random_episodes
+        library, root=data_root, backend=config.backend, random_episodes=config.random_episodes
     )
     if table.height:
         _print_decisions(table, library)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from ldm_autorl import layout
 from ldm_autorl.candidates import registry as candidate_registry
+from ldm_autorl.config import AutoRLConfig
 from ldm_autorl.errors import RestartLimitError
 from ldm_autorl.recording import RecordingVecEnv, relabel
 from ldm_autorl.stats import window
@@ -37,7 +38,7 @@ from ldm_envs.sb3 import LDMSB3VecEnv
 #: Episodes of the final deterministic policy after a reference run (the zoo evaluates so).
 FINAL_EVAL_EPISODES = 10
 #: Worker restarts a run survives by default; one more fails it (`RestartLimitError`).
-MAX_WORKER_RESTARTS = 3
+MAX_WORKER_RESTARTS: int = AutoRLConfig.model_fields["max_restarts"].default
 
 
 class RunResult(BaseModel):

@@ -18,12 +18,13 @@ import numpy as np
 from pydantic import BaseModel
 
 from ldm_autorl import layout
+from ldm_autorl.config import AutoRLConfig
 from ldm_envs.manifest import atomic_write_text
 from ldm_envs.plugins import get_library
 
 __all__ = ["RandomScore", "load_random_score", "measure_random", "random_path"]
 
-DEFAULT_EPISODES = 20
+DEFAULT_EPISODES: int = AutoRLConfig.model_fields["random_episodes"].default
 DEFAULT_MAX_STEPS = 50_000
 DEFAULT_NUM_ENVS = 4
 

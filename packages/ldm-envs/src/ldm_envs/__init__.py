@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from ldm_envs.manifest import EnvLibrarySpec, EnvSpec, IsolatedEnvironment, read_manifest
     from ldm_envs.plugins import LibraryRegistry, get_library, registry, resolve_library
     from ldm_envs.pool import EnvPool, StepResult
+    from ldm_envs.probe_config import ProbeConfig
     from ldm_envs.sb3 import LDMSB3VecEnv as LDMSB3VecEnv  # not in __all__: see above
     from ldm_envs.spaces import (
         MAX_ACTION_DIMS,
@@ -65,6 +66,7 @@ _EXPORTS = {
     "EnvCheck": "ldm_envs.checker",
     "LibraryCheck": "ldm_envs.checker",
     "check_env": "ldm_envs.checker",
+    "ProbeConfig": "ldm_envs.probe_config",
     "check_library": "ldm_envs.checker",
     "CorruptIndexError": "ldm_envs.dataset",
     "CorruptShardError": "ldm_envs.dataset",
@@ -141,6 +143,7 @@ __all__ = [
     "MultiDiscreteSpace",
     "PluginError",
     "PoolClosedError",
+    "ProbeConfig",
     "ShardReader",
     "Space",
     "SpaceError",

@@ -19,6 +19,7 @@ from ldm_envs.errors import LDMEnvsError
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.paths import checks_dir
 from ldm_envs.pool import EnvPool, Obs
+from ldm_envs.spaces import BoxSpace, SpaceModel
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -48,8 +49,37 @@ class LibraryCheck(BaseModel):
     when: float
 
 
-def _observation_problems(pool: EnvPool, obs: Obs) -> list[str]:
-    space = pool.observation_spaces[0].to_gymnasium()
+def bound_violations(
+    space: SpaceModel, row: np.ndarray, limit: int = 3
+) -> list[tuple[int, float, float, float]]:
+    """The flat dims of `row` outside the Box `space`: `(dim, value, low, high)`, worst first.
+
+    NaN counts as outside. At most `limit` entries (0: all).
+    """
+    if not isinstance(space, BoxSpace):
+        return []
+    values = np.asarray(row, dtype=np.float64).ravel()
+    low = space.low_array().astype(np.float64).ravel()
+    high = space.high_array().astype(np.float64).ravel()
+    excess = np.maximum(low - values, values - high)
+    excess = np.where(np.isnan(values), np.inf, excess)
+    dims = [int(d) for d in np.argsort(-excess, kind="stable") if excess[d] > 0]
+    found = [(d, float(values[d]), float(low[d]), float(high[d])) for d in dims]
+    return found[:limit] if limit else found
+
+
+def describe_violation(env_id: str, dim: int, value: float, low: float, high: float) -> str:
+    """One bound violation as `check` and `add` print it."""
+    side = f"low {low:g}" if value < low else f"high {high:g}"
+    return (
+        f"{env_id}: observation dim {dim} = {value:.6g} is outside the declared bounds "
+        f"[{low:g}, {high:g}] (beyond the {side})"
+    )
+
+
+def _observation_problems(env_id: str, pool: EnvPool, obs: Obs) -> list[str]:
+    model = pool.observation_spaces[0]
+    space = model.to_gymnasium()
     problems = []
     for row in obs:
         if row.shape != space.shape:
@@ -57,7 +87,17 @@ def _observation_problems(pool: EnvPool, obs: Obs) -> list[str]:
         elif row.dtype != space.dtype:
             problems.append(f"observation dtype {row.dtype} != declared {space.dtype}")
         elif not space.contains(row):
-            problems.append(f"observation {np.round(row, 3).tolist()[:8]} outside declared bounds")
+            found = bound_violations(model, row)
+            if found:
+                problems += [describe_violation(env_id, *v) for v in found]
+                more = len(bound_violations(model, row, limit=0)) - len(found)
+                if more > 0:
+                    problems.append(f"{env_id}: {more} more dims outside the declared bounds")
+            else:
+                problems.append(
+                    f"{env_id}: observation {np.asarray(row).tolist()} is not in the declared "
+                    f"{model.describe()}"
+                )
         if problems:
             break
     return problems
@@ -84,7 +124,7 @@ def check_env(
             action_space = pool.action_spaces[0].to_gymnasium()
             action_space.seed(seed)
             obs, _ = pool.reset(seed=seed)
-            result.problems += _observation_problems(pool, obs)
+            result.problems += _observation_problems(env_id, pool, obs)
             start = time.perf_counter()
             for _ in range(steps):
                 r = pool.step(np.stack([action_space.sample() for _ in range(num_envs)]))
@@ -92,7 +132,7 @@ def check_env(
                     result.problems.append(f"non-finite reward {r.rewards.tolist()}")
                 result.episodes += int(np.sum(r.terminated | r.truncated))
                 if not result.problems:
-                    result.problems += _observation_problems(pool, r.obs)
+                    result.problems += _observation_problems(env_id, pool, r.obs)
                 result.steps += num_envs
             result.steps_per_second = result.steps / max(time.perf_counter() - start, 1e-9)
     except LDMEnvsError as exc:

@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
 from ldm_envs.checker import EnvCheck, check_library, last_check, show_env_check
 from ldm_envs.cli_app import make_app
+from ldm_envs.cli_options import config_options
 from ldm_envs.console import make_console
-from ldm_envs.errors import LDMEnvsError
+from ldm_envs.errors import LDMEnvsError, validation_lines
 from ldm_envs.inputs import require_positive_all
 from ldm_envs.manifest import write_manifest
 from ldm_envs.plugins import registry
+from ldm_envs.probe_config import ProbeConfig
 
 app = make_app(
     "Env libraries, each isolated (venv, docker, inprocess), behind one batched API.",
@@ -114,7 +117,7 @@ def show(library: str) -> None:
             env.observation_space.describe() if env.observation_space else "(not probed)",
             env.action_space.describe() if env.action_space else "(not probed)",
             str(env.max_episode_steps or "-"),
-            ", ".join(env.wrappers) or "-",
+            ", ".join(env.wrapper_labels()) or "-",
         )
     console.print(table)
 
@@ -219,16 +222,119 @@ def new(
         console.print(f"  {i}. {escape(step)}", highlight=False, soft_wrap=True)
 
 
+def _json_option(flag: str, text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise LDMEnvsError(f"{flag} {text!r} is not JSON: {exc}") from None
+
+
 @app.command()
+def add(
+    requirement: Annotated[
+        list[str], typer.Argument(help="pip requirements of the library, e.g. panda-gym")
+    ],
+    name: Annotated[
+        str | None, typer.Option(help="library name (default: the first requirement's)")
+    ] = None,
+    python: Annotated[str, typer.Option(help="the library's Python")] = "3.11",
+    api: Annotated[str, typer.Option(help="gymnasium | gym26 | gym21")] = "gymnasium",
+    module: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--module", help="extra module to import so envs register (repeat), as for `new`"
+        ),
+    ] = None,
+    include: Annotated[
+        list[str] | None, typer.Option(help="only env ids matching this glob (repeat)")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="leave out env ids matching this glob (repeat)")
+    ] = None,
+    kwargs: Annotated[
+        str | None, typer.Option(help="make() kwargs of every env, as JSON: '{\"a\": 1}'")
+    ] = None,
+    wrapper: Annotated[
+        list[str] | None,
+        typer.Option(help="wrapper of every env: module:Class, or JSON {name, kwargs} (repeat)"),
+    ] = None,
+    max_episode_steps: Annotated[
+        int | None, typer.Option(help="time limit of every env (default: the registered one)")
+    ] = None,
+    steps: Annotated[
+        int, typer.Option(help="random steps per env (bounds left show up in the hundreds)")
+    ] = 1000,
+    min_steps_per_second: Annotated[
+        float, typer.Option(help="exclude envs slower than this")
+    ] = 50.0,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="folder holding the plugin packages")
+    ] = Path("plugins"),
+    register: Annotated[
+        bool, typer.Option(help="run `uv add` for the plugin in its workspace")
+    ] = True,
+) -> None:
+    """From pip requirements to a checked plugin: build, discover, probe, write, register."""
+    import sys
+
+    from ldm_envs.add import AddOptions, add_library
+
+    wrappers: list[object] = []
+    for text in wrapper or []:
+        wrappers.append(_json_option("--wrapper", text) if text.lstrip().startswith("{") else text)
+    try:
+        options = AddOptions(
+            name=name,
+            python=python,
+            api=api,
+            imports=module or [],
+            include=include or [],
+            exclude=exclude or [],
+            kwargs=_json_option("--kwargs", kwargs) if kwargs else {},
+            wrappers=wrappers,
+            max_episode_steps=max_episode_steps,
+            steps=steps,
+            min_steps_per_second=min_steps_per_second,
+            register_plugin=register,
+        )
+    except ValidationError as exc:
+        raise LDMEnvsError("bad option: " + "; ".join(validation_lines(exc))) from None
+    result = add_library(
+        requirement,
+        options,
+        dest_root=out,
+        console=err,
+        command="ldm-envs " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
+    )
+    verb = "created" if result.created else "updated"
+    console.print(
+        f"[green]{verb}[/] {result.root}: {len(result.spec.envs)} envs declared, "
+        f"{len(result.spec.excluded)} excluded, ranking subset "
+        f"{', '.join(result.spec.ranking_envs)} ({result.seconds} s)",
+        highlight=False,
+    )
+    for env_id, cause in result.spec.excluded.items():
+        console.print(f"  excluded {env_id}: {cause}", highlight=False, soft_wrap=True)
+    console.print("next steps (guide: docs/adding-a-library.md):")
+    for i, step in enumerate(result.next_steps, 1):
+        console.print(f"  {i}. {step}", highlight=False, soft_wrap=True, markup=False)
+
+
+@app.command()
+@config_options(
+    ProbeConfig,
+    "steps",
+    "num_envs",
+    check=lambda v: require_positive_all({"--steps": v["steps"], "--num-envs": v["num_envs"]}),
+)
 def check(
     library: str,
     backend: BackendOpt = DEFAULT_BACKEND,
-    steps: Annotated[int, typer.Option(help="batched random steps per env")] = 200,
-    num_envs: Annotated[int, typer.Option(help="copies of each env")] = 2,
+    *,
+    config: ProbeConfig,
     env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
 ) -> None:
     """Random rollouts of every declared env, verifying spaces against what comes back."""
-    require_positive_all({"--steps": steps, "--num-envs": num_envs})
     spec = registry().get(library)
     backend_obj = get_backend(backend, console=err)
 
@@ -237,8 +343,8 @@ def check(
         spec,
         backend_obj,
         env_ids=env,
-        steps=steps,
-        num_envs=num_envs,
+        steps=config.steps,
+        num_envs=config.num_envs,
         on_env=partial(show_env_check, console),
     )
     good = sum(e.ok for e in report.envs)

@@ -105,6 +105,49 @@ class IsolatedEnvironment(BaseModel):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+class WrapperSpec(BaseModel):
+    """A Gymnasium wrapper applied in the worker, with the keyword arguments it takes.
+
+    The plain string form `"module:Class"` stays valid; this form exists for wrappers that need
+    arguments, e.g. `{name: "gymnasium.wrappers:ClipObservation", kwargs: {low: -5, high: 5}}`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("name")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError(f"wrapper {value!r} must be a 'module:Class' string")
+        return value
+
+
+_Bound = float | list[float]
+
+
+class ObservationBounds(BaseModel):
+    """Bounds that replace the library's declared ones on the (flattened) Box observation.
+
+    Libraries declare bounds their values leave (panda-gym: Box(-10, 10) with velocities of
+    20-35), which fails `check` on a random subset of runs. Widening here, applied in the worker,
+    keeps the library untouched and needs no glue package. A scalar applies to every dimension,
+    a list gives one value per flattened dimension; `-.inf`/`.inf` mean unbounded. `ldm-envs add`
+    writes it for the envs whose random rollouts it saw leave their bounds.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    low: _Bound | None = None
+    high: _Bound | None = None
+
+    def worker_request(self) -> dict[str, Any]:
+        """Plain JSON for the worker (None: keep the library's bound)."""
+        return {"low": self.low, "high": self.high}
+
+
 class EnvSpec(BaseModel):
     """One declared env: how to make it, and the spaces the host will see after the worker."""
 
@@ -114,7 +157,8 @@ class EnvSpec(BaseModel):
     gym_id: str | None = None
     kwargs: dict[str, Any] = {}
     max_episode_steps: int | None = Field(default=None, gt=0)
-    wrappers: list[str] = []
+    wrappers: list[str | WrapperSpec] = []
+    observation_bounds: ObservationBounds | None = None
     seed_kwarg: str | None = None
     remake_on_reset: bool = False
     observation_space: Space | None = None
@@ -129,11 +173,22 @@ class EnvSpec(BaseModel):
 
     @field_validator("wrappers")
     @classmethod
-    def _wrapper_targets(cls, value: list[str]) -> list[str]:
+    def _wrapper_targets(cls, value: list[str | WrapperSpec]) -> list[str | WrapperSpec]:
         for target in value:
-            if ":" not in target:
+            if isinstance(target, str) and ":" not in target:
                 raise ValueError(f"wrapper {target!r} must be a 'module:Class' string")
         return value
+
+    def wrapper_calls(self) -> list[tuple[str, dict[str, Any]]]:
+        """Each wrapper as `("module:Class", kwargs)`, whichever form the manifest used."""
+        return [(w, {}) if isinstance(w, str) else (w.name, dict(w.kwargs)) for w in self.wrappers]
+
+    def wrapper_labels(self) -> list[str]:
+        """The wrappers as short text for tables: `module:Class(key=value, ...)`."""
+        return [
+            name + (f"({', '.join(f'{k}={v!r}' for k, v in kw.items())})" if kw else "")
+            for name, kw in self.wrapper_calls()
+        ]
 
     @property
     def make_id(self) -> str:
@@ -152,7 +207,14 @@ class EnvSpec(BaseModel):
             "gym_id": self.make_id,
             "kwargs": self.kwargs,
             "max_episode_steps": self.max_episode_steps,
-            "wrappers": self.wrappers,
+            # plain strings where there are no kwargs: workers of older releases read those
+            "wrappers": [
+                name if not kw else {"name": name, "kwargs": kw}
+                for name, kw in self.wrapper_calls()
+            ],
+            "observation_bounds": (
+                self.observation_bounds.worker_request() if self.observation_bounds else None
+            ),
             "seed_kwarg": self.seed_kwarg,
             "remake_on_reset": self.remake_on_reset,
         }
@@ -171,6 +233,10 @@ class EnvLibrarySpec(BaseModel):
     imports: list[str] = []
     envs: list[EnvSpec] = Field(min_length=1)
     ranking_subset: list[str] = []
+    #: Envs the library registers that are left out on purpose, each with its cause (over 128
+    #: observation dims, an image inside a Dict, an exception on reset, too slow...). Written by
+    #: `ldm-envs add`; documentation only: nothing makes or checks them.
+    excluded: dict[str, str] = {}
     #: The manifest file's folder, which `environment.local_packages` are relative to.
     _source_dir: Path | None = PrivateAttr(default=None)
 
@@ -250,6 +316,19 @@ class EnvLibrarySpec(BaseModel):
         if subset and len(subset) != wanted:
             raise ValueError(f"has {len(subset)} envs; it needs {wanted}")
         return subset
+
+    @field_validator("excluded")
+    @classmethod
+    def _excluded_not_declared(
+        cls, excluded: dict[str, str], info: ValidationInfo
+    ) -> dict[str, str]:
+        both = sorted(set(excluded) & {e.id for e in info.data.get("envs") or []})
+        if both:
+            raise ValueError(f"lists envs that are also declared: {both}")
+        empty = sorted(k for k, v in excluded.items() if not str(v).strip())
+        if empty:
+            raise ValueError(f"gives no cause for {empty}")
+        return excluded
 
     @property
     def env_ids(self) -> list[str]:
@@ -354,5 +433,12 @@ def _plain(value: Any) -> Any:
 def write_manifest(spec: EnvLibrarySpec, path: Path) -> None:
     """Write a manifest atomically (temporary file, then rename) so a crash never truncates it."""
     data = _plain(spec.model_dump(mode="python"))
+    # fields newer than most manifests are written only when set, so a probe's rewrite of an
+    # older manifest shows only what changed
+    if not data["excluded"]:
+        del data["excluded"]
+    for env in data["envs"]:
+        if env["observation_bounds"] is None:
+            del env["observation_bounds"]
     text = yaml.safe_dump(data, sort_keys=False, width=100, default_flow_style=None)
     atomic_write_text(path, text)

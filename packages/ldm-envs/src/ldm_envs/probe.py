@@ -176,7 +176,7 @@ def _first_line(exc: WorkerError) -> str:
     return (exc.cause.strip().splitlines() or ["failed"])[0]
 
 
-def _probe_tolerant(
+def probe_tolerant(
     spec: EnvLibrarySpec,
     backend: Backend,
     ids: list[str],
@@ -333,7 +333,7 @@ def probe_library(
         replies = dict(zip(strict, _probe_request(spec, backend, strict, timeout), strict=True))
     skipped: dict[str, str] = {}
     if tolerant:
-        replies.update(_probe_tolerant(spec, backend, tolerant, timeout, skipped))
+        replies.update(probe_tolerant(spec, backend, tolerant, timeout, skipped))
     updated = {e.id: e for e in spec.envs}
     added = set(undeclared) | set(tolerant)
     for env_id in wanted:

@@ -238,6 +238,31 @@ def describe_space(space):
     raise ValueError("unsupported space %s" % kind)
 
 
+def _widened(env_id, obs, bounds):
+    """The observation description with the manifest's `observation_bounds` in place.
+
+    Only the declared bounds change: values are neither clipped nor rescaled.
+    """
+    if not bounds or (bounds.get("low") is None and bounds.get("high") is None):
+        return obs
+    if obs["type"] != "box":
+        raise ValueError("%s: observation_bounds need a Box observation, the env has %s"
+                         % (env_id, obs["type"]))
+    size = int(np.prod(obs["shape"]))
+    out = dict(obs)
+    for key in ("low", "high"):
+        value = bounds.get(key)
+        if value is None:
+            continue
+        arr = np.asarray(value, dtype=np.float64).ravel()
+        if arr.size not in (1, size):
+            raise ValueError("%s: observation_bounds.%s has %d values; the observation has "
+                             "%d dims (give one value, or one per dim)"
+                             % (env_id, key, arr.size, size))
+        out[key] = _compress(np.broadcast_to(arr, (size,)))
+    return out
+
+
 def _is_image(space):
     return (_kind(space) == "Box" and np.dtype(space.dtype) == np.uint8
             and len(space.shape) == 3)
@@ -387,11 +412,14 @@ class HostedEnv(object):
             kwargs[self.seed_kwarg] = int(seed)
         env = self.gym.make(self.request["gym_id"], **kwargs)
         for target in self.request.get("wrappers") or []:
-            env = _import_target(target)(env)
+            if isinstance(target, dict):  # {"name": "module:Class", "kwargs": {...}}
+                env = _import_target(target["name"])(env, **(target.get("kwargs") or {}))
+            else:
+                env = _import_target(target)(env)
         return env
 
     def spaces(self):
-        obs = self.obs_flat.describe()
+        obs = _widened(self.id, self.obs_flat.describe(), self.request.get("observation_bounds"))
         self.obs_dtype = np.dtype(obs["dtype"]) if obs["type"] == "box" else np.dtype(np.int64)
         if obs["type"] in ("multi_binary",):
             self.obs_dtype = np.dtype(np.int8)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ldm_eval.model_sizes import SizesConfig, compare_sizes, sizes_figure
     from ldm_eval.normalize import normalized_score, reference_runs
     from ldm_eval.pipeline import evaluate, plan_envs, score_policies
-    from ldm_eval.plan import EvalPlan, plan_evaluation
+    from ldm_eval.plan import EvalPlan, EvaluateConfig, plan_evaluate, plan_evaluation
     from ldm_eval.policies import (
         LDMPolicyFactory,
         Policy,
@@ -54,6 +54,8 @@ _EXPORTS = {
     "CheckpointProvenance": "ldm_eval.checkpoint",
     "EvalPlan": "ldm_eval.plan",
     "plan_evaluation": "ldm_eval.plan",
+    "EvaluateConfig": "ldm_eval.plan",
+    "plan_evaluate": "ldm_eval.plan",
     "read_checkpoint": "ldm_eval.checkpoint",
     "LDMEvalError": "ldm_eval.errors",
     "ModelSizesError": "ldm_eval.errors",
@@ -102,6 +104,7 @@ __all__ = [
     "EvalPlan",
     "EvalRunDir",
     "EvalTables",
+    "EvaluateConfig",
     "LDMEvalError",
     "LDMPolicyFactory",
     "ModelSizesError",
@@ -125,6 +128,7 @@ __all__ = [
     "normalized_score",
     "overhead",
     "plan_envs",
+    "plan_evaluate",
     "plan_evaluation",
     "read_checkpoint",
     "read_curve",

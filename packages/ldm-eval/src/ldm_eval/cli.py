@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
-from ldm_envs.backends import BACKENDS
 from ldm_envs.cli_app import make_app
+from ldm_envs.cli_options import config_options, field_default, field_help, field_option
 from ldm_envs.console import make_console
 from ldm_envs.inputs import require_positive
+from ldm_eval.plan import EvaluateConfig
 from ldm_eval.suite import STAGES
+from ldm_model.training.config import TrainConfig
 
 app = make_app(
     "Evaluate the LDM with the paper's protocol: reference-normalized scores, threshold "
@@ -30,7 +33,32 @@ def _warn(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def _check_evaluate(values: Mapping[str, Any]) -> None:
+    """The checks that name the option, before the venv build and the first rollouts."""
+    from ldm_model.devices import check_device
+
+    # torch would refuse it only at the first rollout
+    check_device(values["device"], field="--device", available=values["checkpoint"] is not None)
+    require_positive("--context", values["context"])
+    require_positive("--resamples", values["resamples"])
+
+
 @app.command()
+@config_options(
+    EvaluateConfig,
+    field_option("backend", "--backend", "-b"),
+    "random_baseline",
+    "episodes",
+    "rollouts",
+    "seed",
+    field_option("num_workers", "--workers"),
+    "batch_size",
+    "retries",
+    "device",
+    "context",
+    "resamples",
+    check=_check_evaluate,
+)
 def evaluate(
     checkpoint: Annotated[
         Path | None,
@@ -45,28 +73,8 @@ def evaluate(
     env: Annotated[
         list[str] | None, typer.Option("--env", help="only these env ids, repeatable")
     ] = None,
-    backend: Annotated[
-        str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
-    ] = "venv",
-    random_baseline: Annotated[
-        bool,
-        typer.Option("--random-baseline/--no-random-baseline", help="also score a random policy"),
-    ] = True,
-    episodes: Annotated[int, typer.Option(help="episodes per rollout")] = 10,
-    rollouts: Annotated[int, typer.Option(help="fresh rollouts per env")] = 2,
-    seed: Annotated[int, typer.Option(help="env seed of rollout 0 (rollout r: seed + r)")] = 0,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="env worker processes per library (default: cores / libraries)"),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="most rollouts stepped together (bounds model memory)")
-    ] = None,
-    retries: Annotated[int, typer.Option(help="retries of a rollout whose worker died")] = 1,
-    device: Annotated[str, typer.Option(help="where the model runs: cpu, cuda, cuda:1")] = "cpu",
-    context: Annotated[
-        int | None, typer.Option(help="context per env in transitions (default: trained)")
-    ] = None,
+    *,
+    config: EvaluateConfig,
     dataset: Annotated[
         Path | None,
         typer.Option(
@@ -80,7 +88,6 @@ def evaluate(
     fresh: Annotated[
         bool, typer.Option("--fresh", help="start over instead of resuming the same evaluation")
     ] = False,
-    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
 ) -> None:
     """Run the protocol on a checkpoint (and a random baseline); write tables, plots, report.
 
@@ -89,45 +96,22 @@ def evaluate(
     The same command again resumes an interrupted evaluation.
     """
     from ldm_eval.checkpoint import read_checkpoint
-    from ldm_eval.plan import plan_evaluation
-    from ldm_eval.protocol import EvalConfig
-    from ldm_model.devices import check_device
+    from ldm_eval.plan import plan_evaluate
 
-    config = EvalConfig(
-        episodes=episodes,
-        rollouts=rollouts,
-        seed=seed,
-        backend=backend,
-        num_workers=workers,
-        batch_size=batch_size,
-        retries=retries,
-    )
-    # checked before the venv build and the first rollouts, where torch would refuse it
-    check_device(device, field="--device", available=checkpoint is not None)
-    require_positive("--context", context)
-    require_positive("--resamples", resamples)
-    if checkpoint is None and not random_baseline:
+    if checkpoint is None and not config.random_baseline:
         raise ValueError("nothing to evaluate: give a CHECKPOINT or keep --random-baseline")
     if checkpoint is not None and not checkpoint.exists():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
     info = None
     if checkpoint is not None:  # a run folder: its newest valid checkpoint, said so
         info = read_checkpoint(checkpoint, report=_warn)
-    plan = plan_evaluation(
-        info,
-        config,
-        libraries=library,
-        env_ids=env,
-        random_baseline=random_baseline,
-        device=device,
-        context=context,
-    )
+    plan = plan_evaluate(info, config, libraries=library, env_ids=env)
     outcome = plan.run(
         out_dir=out,
         dataset_root=dataset,
         track=track,
         resume=not fresh,
-        n_resamples=resamples,
+        n_resamples=config.resamples,
         console=err,
     )
     console.print(f"results: {outcome.run_dir.path}", highlight=False)
@@ -141,7 +125,9 @@ def report(
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path(
         "report.html"
     ),
-    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
+    resamples: Annotated[
+        int, typer.Option(help=field_help(EvaluateConfig, "resamples"))
+    ] = field_default(EvaluateConfig, "resamples"),
 ) -> None:
     """Write the self-contained HTML report of an evaluation (complete or partial)."""
     from ldm_eval.report import write_report
@@ -223,20 +209,32 @@ def sizes(
     env: Annotated[
         list[str] | None, typer.Option("--env", help="train on these env ids only, repeatable")
     ] = None,
-    lr: Annotated[float, typer.Option(help="learning rate")] = 2.5e-4,
+    lr: Annotated[float, typer.Option(help=field_help(TrainConfig, "lr"))] = field_default(
+        TrainConfig, "lr"
+    ),
     seed: Annotated[int, typer.Option(help="training seed and env seed of rollout 0")] = 0,
-    device: Annotated[str, typer.Option(help="training device: auto, cpu, cuda")] = "auto",
-    episodes: Annotated[int, typer.Option(help="episodes per rollout")] = 10,
-    rollouts: Annotated[int, typer.Option(help="fresh rollouts per env")] = 2,
+    device: Annotated[str, typer.Option(help="training device: auto, cpu, cuda")] = field_default(
+        TrainConfig, "device"
+    ),
+    episodes: Annotated[
+        int, typer.Option(help=field_help(EvaluateConfig, "episodes"))
+    ] = field_default(EvaluateConfig, "episodes"),
+    rollouts: Annotated[
+        int, typer.Option(help=field_help(EvaluateConfig, "rollouts"))
+    ] = field_default(EvaluateConfig, "rollouts"),
     backend: Annotated[
-        str, typer.Option("--backend", "-b", help=f"isolation backend: {', '.join(BACKENDS)}")
-    ] = "venv",
+        str, typer.Option("--backend", "-b", help=field_help(EvaluateConfig, "backend"))
+    ] = field_default(EvaluateConfig, "backend"),
     workers: Annotated[int | None, typer.Option(help="env worker processes per library")] = None,
-    eval_device: Annotated[str, typer.Option(help="where the model acts when evaluated")] = "cpu",
+    eval_device: Annotated[
+        str, typer.Option(help="where the model acts when evaluated")
+    ] = field_default(EvaluateConfig, "device"),
     torch_threads: Annotated[
-        int | None, typer.Option(help="torch threads while evaluating (1 on a busy machine)")
+        int | None, typer.Option(help=field_help(EvaluateConfig, "torch_threads"))
     ] = None,
-    resamples: Annotated[int, typer.Option(help="bootstrap resamples for the CIs")] = 2000,
+    resamples: Annotated[
+        int, typer.Option(help=field_help(EvaluateConfig, "resamples"))
+    ] = field_default(EvaluateConfig, "resamples"),
     out: Annotated[
         Path | None,
         typer.Option("--out", "-o", help="output folder (default <data home>/model-sizes/...)"),

@@ -53,6 +53,7 @@ from ldm_eval.errors import ModelSizesError
 from ldm_eval.model_sizes_plot import sizes_figure
 from ldm_eval.protocol import EvalConfig
 from ldm_eval.threads import torch_threads
+from ldm_model.training.config import TrainConfig
 
 __all__ = [
     "COLUMNS",
@@ -141,7 +142,7 @@ class SizesConfig(BaseModel):
     libraries: tuple[str, ...] | None = None
     env_ids: tuple[str, ...] | None = None
     weighting: Literal["env", "transitions", "library"] = "env"
-    lr: float = Field(default=2.5e-4, gt=0)
+    lr: float = Field(default=TrainConfig.model_fields["lr"].default, gt=0)
     seed: int = 0
     #: Where training runs ("auto": CUDA when available).
     device: str = "auto"

@@ -22,6 +22,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from rich.console import Console
@@ -151,21 +152,33 @@ def eval_key(
     envs: Sequence[PlannedEnv],
     policies: Sequence[str],
     config: EvalConfig,
+    *,
+    context: int | None = None,
 ) -> str:
-    """What identifies an evaluation (its folder and its MLflow run): a 16-hex-digit hash."""
+    """What identifies an evaluation (its folder and its MLflow run): a 16-hex-digit hash.
+
+    `context` (the LDM's context at evaluation) changes results, so a non-default one is part
+    of the key; the default (None: the trained context) is left out, so keys made before it
+    counted stay the same and finished evaluations are not rerun.
+    """
     ckpt = None
     if checkpoint is not None:
         ckpt = checkpoint.run_id or str(checkpoint.path.expanduser().resolve())
-    payload = json.dumps(
-        {
-            "checkpoint": ckpt,
-            "envs": [[e.library, e.env_id] for e in envs],
-            "policies": list(policies),
-            "config": config.model_dump(mode="json"),
-        },
-        sort_keys=True,
-    )
+    fields: dict[str, Any] = {
+        "checkpoint": ckpt,
+        "envs": [[e.library, e.env_id] for e in envs],
+        "policies": list(policies),
+        "config": config.model_dump(mode="json"),
+    }
+    if context is not None:
+        fields["context"] = context
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def policy_context(policies: Mapping[str, PolicyFactory]) -> int | None:
+    """The context an LDM policy factory was given (None: trained context, or no LDM)."""
+    return getattr(policies.get("ldm"), "context", None)
 
 
 def _library_label(envs: Sequence[PlannedEnv]) -> str:
@@ -215,6 +228,7 @@ def _maybe_tracked(
     manifest: EvalManifest,
     checkpoint: CheckpointProvenance | None,
     resume: bool,
+    context: int | None = None,
 ) -> Iterator[tracking.RunHandle | None]:
     if not track:
         yield None
@@ -234,6 +248,8 @@ def _maybe_tracked(
         "reference_rule": manifest.reference_rule,
         "dataset_root": manifest.dataset_root,
     }
+    if context is not None:  # in the key too (`eval_key`); absent: the trained context
+        params["context"] = context
     with tracking.tracked_run(
         "eval",
         _library_label(manifest.envs),
@@ -284,7 +300,7 @@ def evaluate(
     """
     console = console or Console(stderr=True)
     names = list(policies)
-    key = eval_key(checkpoint, envs, names, config)
+    key = eval_key(checkpoint, envs, names, config, context=policy_context(policies))
     stem = checkpoint.path.stem if checkpoint is not None else "baseline"
     name = f"{stem}-{key[:8]}"
     run_dir = EvalRunDir(out_dir or data_home() / "eval" / name)
@@ -334,7 +350,9 @@ def evaluate(
         outcome = _finish(run_dir, None, n_resamples, console)
         outcome.mlflow_run_id = old.mlflow_run_id
         return outcome
-    with _maybe_tracked(track, manifest, checkpoint, resume) as run:
+    with _maybe_tracked(
+        track, manifest, checkpoint, resume, context=policy_context(policies)
+    ) as run:
         if run is not None:
             manifest.mlflow_run_id = run.run_id
             run_dir.write_manifest(manifest)

@@ -11,16 +11,49 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
+from pydantic import Field
 
-from ldm_eval.checkpoint import CheckpointInfo
-from ldm_eval.pipeline import EvalOutcome, eval_key, evaluate, plan_envs
-from ldm_eval.policies import LDMPolicyFactory, PolicyFactory, RandomPolicyFactory
 from ldm_eval.protocol import EvalConfig
-from ldm_eval.results import PlannedEnv
 
-__all__ = ["EvalPlan", "plan_evaluation"]
+if TYPE_CHECKING:  # the CLI imports this module for `EvaluateConfig`: the rest when planning
+    from rich.console import Console
+
+    from ldm_eval.checkpoint import CheckpointInfo
+    from ldm_eval.pipeline import EvalOutcome
+    from ldm_eval.policies import PolicyFactory
+    from ldm_eval.results import PlannedEnv
+
+__all__ = ["EvalPlan", "EvaluateConfig", "plan_evaluate", "plan_evaluation"]
+
+
+class EvaluateConfig(EvalConfig):
+    """The eval stage's config: the protocol (`EvalConfig`) and how `ldm-eval evaluate` runs it.
+
+    `ldm-eval evaluate`'s options are its fields and the suite's `eval:` section embeds it.
+    Only the protocol part (`protocol()`) names the evaluation (`eval_key`) and goes to its
+    MLflow params: the rest may change when an evaluation resumes, or is only how it runs.
+    """
+
+    random_baseline: bool = Field(default=True, description="also score a random policy")
+    device: str = Field(default="cpu", description="where the model runs: cpu, cuda, cuda:1")
+    context: int | None = Field(
+        default=None, gt=0, description="context per env in transitions (default: trained)"
+    )
+    resamples: int = Field(default=2000, gt=0, description="bootstrap resamples for the CIs")
+    torch_threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="torch threads while the model acts (default: torch's; 1 on a busy machine)",
+    )
+
+    def protocol(self, episodes: int | None = None) -> EvalConfig:
+        """The protocol's settings alone (`episodes` overriding its own)."""
+        data = self.model_dump(include=set(EvalConfig.model_fields), by_alias=False)
+        if episodes is not None:
+            data["episodes"] = episodes
+        return EvalConfig(**data)
 
 
 @dataclass
@@ -36,7 +69,15 @@ class EvalPlan:
     @property
     def key(self) -> str:
         """The evaluation's key (`eval_key`): names its folder and its MLflow run."""
-        return eval_key(self.checkpoint, self.envs, list(self.policies), self.config)
+        from ldm_eval.pipeline import eval_key, policy_context
+
+        return eval_key(
+            self.checkpoint,
+            self.envs,
+            list(self.policies),
+            self.config,
+            context=policy_context(self.policies),
+        )
 
     def run(
         self,
@@ -49,6 +90,8 @@ class EvalPlan:
         console: Console | None = None,
     ) -> EvalOutcome:
         """`evaluate` on the plan (the arguments are `evaluate`'s)."""
+        from ldm_eval.pipeline import evaluate
+
         return evaluate(
             self.envs,
             self.policies,
@@ -83,6 +126,9 @@ def plan_evaluation(
     Raises:
         LDMError, ValueError: as `plan_envs`.
     """
+    from ldm_eval.pipeline import plan_envs
+    from ldm_eval.policies import LDMPolicyFactory, RandomPolicyFactory
+
     envs, warnings = plan_envs(checkpoint, libraries, env_ids)
     policies: dict[str, PolicyFactory] = {}
     if checkpoint is not None:  # the very folder `checkpoint` describes, fallback included
@@ -90,3 +136,24 @@ def plan_evaluation(
     if random_baseline:
         policies["random"] = RandomPolicyFactory(config.seed)
     return EvalPlan(checkpoint, config, envs, policies, [*notes, *warnings])
+
+
+def plan_evaluate(
+    checkpoint: CheckpointInfo | None,
+    config: EvaluateConfig,
+    *,
+    libraries: Sequence[str] | None = None,
+    env_ids: Sequence[str] | None = None,
+    notes: Sequence[str] = (),
+) -> EvalPlan:
+    """`plan_evaluation` from the eval stage's config: `ldm-eval evaluate` and the suite's stage."""
+    return plan_evaluation(
+        checkpoint,
+        config.protocol(),
+        libraries=libraries,
+        env_ids=env_ids,
+        random_baseline=config.random_baseline,
+        device=config.device,
+        context=config.context,
+        notes=notes,
+    )

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rich.console import Console
 from rich.markup import escape
 
-from ldm_envs.backends import BACKENDS, Backend
+from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, Backend
 from ldm_envs.errors import LDMEnvsError, WorkerError
 from ldm_envs.plugins import get_library
 from ldm_envs.pool import EnvPool, SpaceModel, StepResult
@@ -89,17 +89,25 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    episodes: int = Field(default=10, gt=0)
-    rollouts: int = Field(default=2, gt=0)
-    seed: int = 0
+    episodes: int = Field(default=10, gt=0, description="episodes per rollout")
+    rollouts: int = Field(default=2, gt=0, description="fresh rollouts per env")
+    seed: int = Field(default=0, description="env seed of rollout 0 (rollout r: seed + r)")
     seeds: list[int] | None = None
-    backend: str = "venv"
-    num_workers: int | None = Field(default=None, gt=0)
+    backend: str = Field(
+        default=DEFAULT_BACKEND, description=f"isolation backend: {', '.join(BACKENDS)}"
+    )
+    num_workers: int | None = Field(
+        default=None,
+        gt=0,
+        description="env worker processes per library (default: cores / libraries)",
+    )
     step_timeout: float = Field(default=60.0, gt=0)
     max_worker_restarts: int = Field(default=3, ge=0)
-    retries: int = Field(default=1, ge=0)
+    retries: int = Field(default=1, ge=0, description="retries of a rollout whose worker died")
     max_episode_steps: int = Field(default=100_000, gt=0)
-    batch_size: int | None = Field(default=None, gt=0)
+    batch_size: int | None = Field(
+        default=None, gt=0, description="most rollouts stepped together (bounds model memory)"
+    )
 
     @field_validator("backend")
     @classmethod

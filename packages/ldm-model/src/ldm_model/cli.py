@@ -11,6 +11,7 @@ Running the same command again resumes from the latest checkpoint of its run fol
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +19,9 @@ import typer
 from rich.table import Table
 
 from ldm_envs.cli_app import make_app
+from ldm_envs.cli_options import config_options, field_option
 from ldm_envs.console import make_console
+from ldm_model.training.config import TrainConfig
 
 app = make_app(
     "The Large Decision Model: train it on the dataset (one process or torchrun DDP), "
@@ -53,87 +56,53 @@ def _model_arg(value: str) -> Any:
     )
 
 
+def _check_train(values: Mapping[str, Any]) -> None:
+    """The checks that name the option, before the config is built (not at the first batch)."""
+    from ldm_envs.inputs import require_positive
+    from ldm_model.devices import check_device
+
+    check_device(values["device"], field="--device", allow_auto=True)
+    require_positive("--stop-after", values["stop_after"])
+
+
+def _no_clip(value: float) -> float | None:
+    return value or None
+
+
 @app.command()
+@config_options(
+    TrainConfig,
+    field_option("model", "--model", "-m", type=str, parse=_model_arg),
+    field_option("data_root", "--dataset", "-d"),
+    field_option("libraries", "--library", "-l", type=list[str] | None),
+    field_option("env_ids", "--env", type=list[str] | None),
+    field_option("weighting", type=str),
+    "batch_size",
+    "context",
+    "steps",
+    "lr",
+    "weight_decay",
+    field_option("grad_clip", type=float, parse=_no_clip),
+    field_option("precision", type=str),
+    "seed",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    field_option("num_workers", "--loader-workers"),
+    "micro_batch",
+    "device",
+    field_option("fused_adamw", "--fused-adamw/--no-fused-adamw", show_default=False),
+    field_option("attention", type=str),
+    field_option("compile", "--compile/--no-compile"),
+    field_option("parallel", type=str),
+    field_option("out", "--out", "-o"),
+    field_option("mlflow", "--track/--no-track"),
+    "eval_every",
+    "eval_episodes",
+    check=_check_train,
+)
 def train(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="named config or a ModelConfig JSON file")
-    ] = "tiny",
-    dataset: Annotated[
-        Path | None,
-        typer.Option("--dataset", "-d", help="dataset root (default <data home>/autorl)"),
-    ] = None,
-    library: Annotated[
-        list[str] | None, typer.Option("--library", "-l", help="only this library (repeatable)")
-    ] = None,
-    env: Annotated[
-        list[str] | None, typer.Option("--env", help="only this env id (repeatable)")
-    ] = None,
-    weighting: Annotated[
-        str, typer.Option(help="window draw: env | transitions | library")
-    ] = "env",
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            help="global batch in windows (default: 32 for tiny/small/base, 384 for 736M, "
-            "1024 otherwise)"
-        ),
-    ] = None,
-    context: Annotated[
-        int | None, typer.Option(help="window length (default: the model's context)")
-    ] = None,
-    steps: Annotated[int, typer.Option(help="optimizer steps in total")] = 2000,
-    lr: Annotated[float, typer.Option(help="constant AdamW learning rate")] = 2.5e-4,
-    weight_decay: Annotated[float, typer.Option(help="AdamW decay of linear/conv weights")] = 0.01,
-    grad_clip: Annotated[float, typer.Option(help="max gradient norm (0: no clipping)")] = 1.0,
-    precision: Annotated[
-        str, typer.Option(help="auto (bf16 autocast on CUDA) | fp32 | bf16")
-    ] = "auto",
-    seed: Annotated[int, typer.Option(help="weights init and window draws")] = 0,
-    log_every: Annotated[int, typer.Option(help="steps between metric records")] = 10,
-    checkpoint_every: Annotated[int, typer.Option(help="steps between checkpoints")] = 500,
-    keep_checkpoints: Annotated[int, typer.Option(help="checkpoints kept")] = 3,
-    loader_workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
-    micro_batch: Annotated[
-        int | None,
-        typer.Option(help="windows per forward pass per process (gradient accumulation)"),
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    fused_adamw: Annotated[
-        bool | None,
-        typer.Option(
-            "--fused-adamw/--no-fused-adamw",
-            help="AdamW's fused kernel (default: on CUDA, plain AdamW elsewhere)",
-            show_default=False,
-        ),
-    ] = None,
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="auto (sdpa) | sdpa | eager | flash (SDPA's flash kernel only: CUDA bf16)"
-        ),
-    ] = "auto",
-    compile: Annotated[
-        bool, typer.Option("--compile/--no-compile", help="torch.compile the transformer")
-    ] = False,
-    parallel: Annotated[
-        str,
-        typer.Option(help="ddp | fsdp (shard parameters and AdamW state over the processes)"),
-    ] = "ddp",
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="run folder (default <data home>/models/<model>-<hash>)"),
-    ] = None,
-    track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
-    eval_every: Annotated[
-        int | None,
-        typer.Option(
-            help="evaluate every N steps and at the end (share of envs at >=80%/100% of "
-            "reference; needs an `ldm.train_callbacks` plugin: ldm-eval)"
-        ),
-    ] = None,
-    eval_episodes: Annotated[
-        int | None, typer.Option(help="episodes per rollout of those evaluations (default 10)")
-    ] = None,
+    config: TrainConfig,
     stop_after: Annotated[
         int | None, typer.Option(help="stop after this many steps (resume by running again)")
     ] = None,
@@ -143,42 +112,8 @@ def train(
     ] = False,
 ) -> None:
     """Train (or resume) the LDM on the dataset; run it under torchrun for DDP."""
-    from ldm_envs.inputs import require_positive
-    from ldm_model.devices import check_device
-    from ldm_model.training import TrainConfig
     from ldm_model.training import train as run_training
 
-    check_device(device, field="--device", allow_auto=True)  # not at the first batch
-    require_positive("--stop-after", stop_after)
-    config = TrainConfig(
-        model=_model_arg(model),
-        data_root=dataset,
-        libraries=library or None,
-        env_ids=env or None,
-        weighting=weighting,
-        batch_size=batch_size,
-        context=context,
-        steps=steps,
-        lr=lr,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip or None,
-        precision=precision,
-        seed=seed,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        keep_checkpoints=keep_checkpoints,
-        num_workers=loader_workers,
-        micro_batch=micro_batch,
-        device=device,
-        fused_adamw=fused_adamw,
-        attention=attention,
-        compile=compile,
-        parallel=parallel,
-        out=out,
-        mlflow=track,
-        eval_every=eval_every,
-        eval_episodes=eval_episodes,
-    )
     run_training(
         config,
         stop_after=stop_after,

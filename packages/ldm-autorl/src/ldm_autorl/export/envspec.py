@@ -43,12 +43,12 @@ def host_env(
         if declared.max_episode_steps:
             kwargs["max_episode_steps"] = declared.max_episode_steps
         env = gym.make(declared.make_id, **kwargs)
-        for target in declared.wrappers:
+        for target, wrapper_kwargs in declared.wrapper_calls():
             module, _, attr = target.partition(":")
             wrapper: Any = importlib.import_module(module)
             for part in attr.split("."):
                 wrapper = getattr(wrapper, part)
-            env = wrapper(env)
+            env = wrapper(env, **wrapper_kwargs)
     except Exception as exc:  # any failure to make it means no spec, with the reason
         return None, f"{env_id} cannot be made here ({type(exc).__name__}: {exc})"
     for name, recorded, made in (

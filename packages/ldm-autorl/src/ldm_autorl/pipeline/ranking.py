@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from ldm_autorl import layout
 from ldm_autorl.candidates import CandidateConfig
+from ldm_autorl.config import AutoRLConfig
 from ldm_autorl.executors import Executor
 from ldm_autorl.jobs import MAX_WORKER_RESTARTS, RunResult, load_result
 from ldm_autorl.pipeline.stages import (
@@ -30,7 +31,8 @@ from ldm_envs import tracking
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.plugins import get_library
 
-DEFAULT_RANK_BUDGET = 10_000
+#: The stage config's default (`AutoRLConfig.rank_budget`).
+DEFAULT_RANK_BUDGET: int = AutoRLConfig.model_fields["rank_budget"].default
 
 
 def rank(

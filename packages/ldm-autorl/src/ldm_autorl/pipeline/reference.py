@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ldm_autorl import verify
 from ldm_autorl.candidates import CandidateConfig
+from ldm_autorl.config import AutoRLConfig
 from ldm_autorl.errors import EmptyRankingError
 from ldm_autorl.executors import Executor
 from ldm_autorl.jobs import MAX_WORKER_RESTARTS
@@ -38,7 +39,8 @@ from ldm_envs import tracking
 from ldm_envs.plugins import get_library
 
 MAX_ENVS_PER_LIBRARY = 250
-DEFAULT_TRAIN_BUDGET = 20_000
+#: The stage config's default (`AutoRLConfig.train_budget`).
+DEFAULT_TRAIN_BUDGET: int = AutoRLConfig.model_fields["train_budget"].default
 
 
 def train(

@@ -5,6 +5,12 @@ and budgets, backends, devices, env ids, model configs, and candidate names (whi
 ldm-autorl knows: it is asked through its own CLI, as the autorl stage will run it). Each
 stage's fingerprint covers the fields it depends on, so the runner can tell a finished stage
 whose inputs changed from one it may skip.
+
+Each stage section embeds that stage's own config model, the one its CLI's options are derived
+from, so a default is written once: a library is `ldm_autorl.config.AutoRLConfig`, `probe` is
+`ldm_envs.probe_config.ProbeConfig`, `model` is `ldm_model.training.TrainConfig` (less what
+the suite sets itself) and `eval` is `ldm_eval.plan.EvaluateConfig`. Suite files keep their
+field names (`workers`, `config`, `check_steps`) as aliases.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,20 +35,25 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_jsonable_python
 
-from ldm_envs.backends import BACKENDS
+from ldm_autorl.config import EXECUTION_FIELDS as AUTORL_EXECUTION_FIELDS
+from ldm_autorl.config import AutoRLConfig
+from ldm_envs.cli_options import field_default
 from ldm_envs.errors import validation_lines
 from ldm_envs.paths import data_home
+from ldm_envs.probe_config import ProbeConfig
 from ldm_eval.errors import SuiteError
-
-if TYPE_CHECKING:
-    from ldm_eval.protocol import EvalConfig
+from ldm_eval.plan import EvaluateConfig
+from ldm_model.training.config import EXECUTION_FIELDS as TRAIN_EXECUTION_FIELDS
+from ldm_model.training.config import TrainConfig
 
 __all__ = [
     "AUTORL_CLI",
     "RECORD_FILE",
     "REPORT_FILE",
     "STAGES",
+    "SUITE_TRAIN_FIELDS",
     "EvalSection",
     "LibraryConfig",
     "ModelSection",
@@ -49,6 +62,7 @@ __all__ = [
     "Suite",
     "digest",
     "load_suite",
+    "stable_dump",
 ]
 
 #: The stages, in the order they run.
@@ -63,31 +77,31 @@ REPORT_FILE = "report.html"
 AUTORL_CLI = (sys.executable, "-m", "ldm_autorl.cli")
 
 
-class LibraryConfig(BaseModel):
-    """One env library of the suite and its AutoRL settings (`ldm-autorl` options)."""
-
-    model_config = ConfigDict(extra="forbid")
+class _Named(BaseModel):
+    """A suite library's name: a base of its own so that it is validated before its envs."""
 
     #: An installed env library (`ldm-envs list`).
     name: str
-    #: Env ids to train reference runs on, train the model on and evaluate (None: every env the
-    #: library declares, up to the 250 cap). Ranking always uses the library's ranking subset.
-    envs: list[str] | None = Field(default=None, min_length=1)
-    #: Candidates to rank (None: every registered candidate; `ldm-autorl list LIB`).
-    candidates: list[str] | None = Field(default=None, min_length=1)
-    top_n: int = Field(default=3, gt=0)
-    rank_budget: int = Field(default=10_000, gt=0)
-    train_budget: int = Field(default=20_000, gt=0)
+
+
+class LibraryConfig(AutoRLConfig, _Named):
+    """One env library of the suite: the autorl stage's config (`AutoRLConfig`) for it.
+
+    Suite-only: `env_budgets`. `envs` are also the envs the model trains on and is evaluated
+    on (None: every env the library declares, up to the 250 cap); ranking always uses the
+    library's ranking subset. `workers` is accepted for `parallel`, its name in suite files.
+    """
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+
+    parallel: Annotated[
+        int | None,
+        AutoRLConfig.model_fields["parallel"],
+        Field(validation_alias=AliasChoices("workers", "parallel"), serialization_alias="workers"),
+    ] = AutoRLConfig.model_fields["parallel"].default
     #: Reference-run budgets of single envs, where one library's envs differ a lot (LunarLander
     #: needs ~50x CartPole's transitions); the others get `train_budget`.
     env_budgets: dict[str, int] = {}
-    #: Episodes of a random policy per env, measured before the filter: the bar a reference
-    #: must clear and the zero of `% of zoo` (0: not measured).
-    random_episodes: int = Field(default=20, ge=0)
-    seeds: list[int] = Field(default=[0], min_length=1)
-    backend: str = "venv"
-    #: Runs in parallel (local executor; None: the cores).
-    workers: int | None = Field(default=None, gt=0)
 
     @field_validator("name")
     @classmethod
@@ -121,13 +135,6 @@ class LibraryConfig(BaseModel):
             raise ValueError("env ids listed twice")
         return envs
 
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
-        return value
-
     @model_validator(mode="after")
     def _budgeted_envs(self) -> LibraryConfig:
         unused = [e for e in self.env_budgets if e not in self.env_ids()]
@@ -156,99 +163,115 @@ class LibraryConfig(BaseModel):
 
         return list(self.envs or get_library(self.name).env_ids)
 
+    def stable_dump(self) -> dict[str, Any]:
+        """What the autorl stage makes depends on (`stable_dump` of the fields, see there)."""
+        return stable_dump(self, _LIBRARY_KEYS, skip=AUTORL_EXECUTION_FIELDS)
 
-class ProbeSection(BaseModel):
-    """The `probe` stage: spaces against the manifest, then random rollouts."""
 
-    model_config = ConfigDict(extra="forbid")
+class ProbeSection(ProbeConfig):
+    """The `probe` stage: spaces against the manifest, then random rollouts (`ProbeConfig`).
+
+    Fewer check steps than `ldm-envs check` by default: the suite probes every library first
+    and the check only has to show that the envs step.
+    """
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
 
     #: Rewrite a manifest whose spaces differ from the library (as `ldm-envs probe LIB` does);
     #: by default a mismatch stops the suite, since it changes an installed plugin's file.
     write: bool = False
-    #: Batched random steps per env in the check (0: no check).
-    check_steps: int = Field(default=100, ge=0)
+    steps: int = Field(
+        default=100,
+        ge=0,
+        validation_alias=AliasChoices("check_steps", "steps"),
+        serialization_alias="check_steps",
+        description="batched random steps per env in the check (0: no check)",
+    )
+
+    def stable_dump(self) -> dict[str, Any]:
+        """What the probe stage depends on (`stable_dump` of the fields, see there)."""
+        return stable_dump(self, ("write", "check_steps"))
 
 
-class ModelSection(BaseModel):
-    """The `train` stage (`ldm-model train` options)."""
+#: Fields of `TrainConfig` the suite sets itself (from its libraries and its folder).
+SUITE_TRAIN_FIELDS: frozenset[str] = frozenset(
+    {"data_root", "libraries", "env_ids", "out", "mlflow"}
+)
 
-    model_config = ConfigDict(extra="forbid")
 
-    #: Named config (`ldm-model list`).
-    config: str = "tiny"
-    steps: int = Field(default=2000, gt=0)
-    #: Global batch in windows (None: the config's default).
-    batch_size: int | None = Field(default=None, gt=0)
-    #: Window length in transitions (None: the model's context).
-    context: int | None = Field(default=None, gt=0)
-    weighting: Literal["env", "transitions", "library"] = "env"
-    lr: float = Field(default=2.5e-4, gt=0)
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = Field(default=500, gt=0)
-    num_workers: int = Field(default=0, ge=0)
-    #: Evaluate every K steps during training (and at the last step): the share of envs at
-    #: >= 80% / 100% of reference against transitions seen (the paper's Fig. 3). The eval
-    #: section's protocol, with `eval_episodes` episodes per rollout. None: no curve.
-    eval_every: int | None = Field(default=None, gt=0)
-    #: Episodes per rollout of those evaluations (None: the eval section's `episodes`).
-    eval_episodes: int | None = Field(default=None, gt=0)
+class ModelSection(TrainConfig):
+    """The `train` stage: `ldm-model train`'s config (`TrainConfig`) but what the suite sets.
 
-    @field_validator("config")
+    `config` names the model's named config (`model` is accepted too); the dataset, the env
+    filters, the run folder and MLflow are the suite's (`SUITE_TRAIN_FIELDS`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, serialize_by_alias=True)
+
+    model: Annotated[
+        str,
+        TrainConfig.model_fields["model"],
+        Field(
+            validation_alias=AliasChoices("config", "model"),
+            serialization_alias="config",
+            description="named config (`ldm-model list`)",
+        ),
+    ] = TrainConfig.model_fields["model"].default
+
+    @model_validator(mode="before")
     @classmethod
-    def _named(cls, value: str) -> str:
-        from ldm_model.config import NAMED_CONFIGS
-
-        if value not in NAMED_CONFIGS:
+    def _suite_fields(cls, data: Any) -> Any:
+        taken = sorted(SUITE_TRAIN_FIELDS & set(data)) if isinstance(data, dict) else []
+        if taken:
             raise ValueError(
-                f"unknown model config {value!r}; named configs: {', '.join(NAMED_CONFIGS)}"
+                f"{', '.join(taken)}: set by the suite (its libraries, envs, data_root and "
+                "folder), not in its model section"
             )
-        return value
+        return data
 
     @field_validator("device")
     @classmethod
-    def _device(cls, value: str) -> str:
+    def _device_here(cls, value: str) -> str:
         from ldm_model.devices import validate_device
 
         # checked at load: a mistyped device must not wait for the train stage to fail
         return validate_device(value, allow_auto=True)
 
-    @model_validator(mode="after")
-    def _context(self) -> ModelSection:
-        from ldm_model.config import get_config
+    @property
+    def config(self) -> str:
+        """The named model config."""
+        return str(self.model)
 
-        limit = get_config(self.config).context
-        if self.context is not None and self.context > limit:
-            raise ValueError(f"context {self.context} exceeds config {self.config!r}'s {limit}")
-        return self
+    def train_fields(self) -> dict[str, Any]:
+        """The section's `TrainConfig` fields, to which the suite adds `SUITE_TRAIN_FIELDS`."""
+        return {
+            n: getattr(self, n) for n in TrainConfig.model_fields if n not in SUITE_TRAIN_FIELDS
+        }
+
+    def stable_dump(self) -> dict[str, Any]:
+        """What the train stage depends on (`stable_dump` of the fields, see there)."""
+        # the execution fields the section did not have are not part of what it makes
+        skip = SUITE_TRAIN_FIELDS | (TRAIN_EXECUTION_FIELDS - set(_MODEL_KEYS))
+        return stable_dump(self, _MODEL_KEYS, skip=skip)
 
 
-class EvalSection(BaseModel):
-    """The `eval` stage (`ldm-eval evaluate` options); defaults are the paper's protocol."""
+class EvalSection(EvaluateConfig):
+    """The `eval` stage: `ldm-eval evaluate`'s config (`EvaluateConfig`).
 
-    model_config = ConfigDict(extra="forbid")
+    `workers` names `num_workers` (workers per library; None: the cores shared among the
+    libraries); `num_workers` is accepted too.
+    """
 
-    episodes: int = Field(default=10, gt=0)
-    rollouts: int = Field(default=2, gt=0)
-    seed: int = 0
-    random_baseline: bool = True
-    backend: str = "venv"
-    device: str = "cpu"
-    #: Workers per library (None: the cores shared among the libraries).
-    workers: int | None = Field(default=None, gt=0)
-    batch_size: int | None = Field(default=None, gt=0)
-    retries: int = Field(default=1, ge=0)
-    resamples: int = Field(default=2000, gt=0)
-    #: Torch threads while the model acts (None: torch's default). On a small machine shared
-    #: with env workers, 1 is often the fastest.
-    torch_threads: int | None = Field(default=None, gt=0)
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
 
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(f"unknown backend {value!r}; known: {', '.join(BACKENDS)}")
-        return value
+    num_workers: Annotated[
+        int | None,
+        EvaluateConfig.model_fields["num_workers"],
+        Field(
+            validation_alias=AliasChoices("workers", "num_workers"),
+            serialization_alias="workers",
+        ),
+    ] = EvaluateConfig.model_fields["num_workers"].default
 
     @field_validator("device")
     @classmethod
@@ -258,25 +281,84 @@ class EvalSection(BaseModel):
         # checked at load: a `device: cdua` suite once ran 96 s of stages before failing
         return validate_device(value)
 
-    def protocol(self, episodes: int | None = None) -> EvalConfig:
-        """The protocol's settings from this section (`episodes` overriding its own)."""
-        from ldm_eval.protocol import EvalConfig
+    def stable_dump(self) -> dict[str, Any]:
+        """What the eval stage depends on (`stable_dump` of the fields, see there)."""
+        return stable_dump(self, _EVAL_KEYS)
 
-        return EvalConfig(
-            episodes=episodes or self.episodes,
-            rollouts=self.rollouts,
-            seed=self.seed,
-            backend=self.backend,
-            num_workers=self.workers,
-            batch_size=self.batch_size,
-            retries=self.retries,
-        )
+
+#: The keys each section had before it embedded its stage's config: `stable_dump` keeps them
+#: as they were, so the fingerprints of a suite that does not set a newer field are unchanged.
+_LIBRARY_KEYS = (
+    "name",
+    "envs",
+    "candidates",
+    "top_n",
+    "rank_budget",
+    "train_budget",
+    "env_budgets",
+    "random_episodes",
+    "seeds",
+    "backend",
+)
+_MODEL_KEYS = (
+    "config",
+    "steps",
+    "batch_size",
+    "context",
+    "weighting",
+    "lr",
+    "seed",
+    "device",
+    "checkpoint_every",
+    "num_workers",
+    "eval_every",
+    "eval_episodes",
+)
+_EVAL_KEYS = (
+    "episodes",
+    "rollouts",
+    "seed",
+    "random_baseline",
+    "backend",
+    "device",
+    "workers",
+    "batch_size",
+    "retries",
+    "resamples",
+    "torch_threads",
+)
+
+
+def stable_dump(
+    section: BaseModel, keys: Sequence[str], *, skip: Collection[str] = ()
+) -> dict[str, Any]:
+    """A section as the fingerprints have always seen it, whatever fields its model gains.
+
+    The keys it had before it embedded its stage's config, with the value given in the file
+    (a default the model resolves, such as the batch size, stays as it was: unset); any newer
+    field only where it differs from its default. So upgrading does not run a finished stage
+    again, while a suite that sets a new field (a weight decay, say) gets new fingerprints.
+    """
+    data = section.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for name, info in type(section).model_fields.items():
+        key = info.serialization_alias or name
+        if name in skip or key in skip:
+            continue
+        if key in keys:
+            given = name in section.model_fields_set
+            out[key] = (
+                data[key] if given else to_jsonable_python(field_default(type(section), name))
+            )
+        elif data[key] != to_jsonable_python(field_default(type(section), name)):
+            out[key] = data[key]
+    return out
 
 
 class Suite(BaseModel):
     """A suite file: what to run, end to end. Unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
 
     #: Names the suite's folder (`<data home>/suites/<name>`) and its MLflow experiment.
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", max_length=100)
@@ -337,33 +419,21 @@ class Suite(BaseModel):
     def fingerprints(self) -> dict[str, str]:
         """Stage -> hash of the suite fields it depends on (and of its upstream stages)."""
         # execution details (parallel workers, devices, cadence) do not change what a stage makes
-        libs = [lib.model_dump(mode="json", exclude={"workers"}) for lib in self.libraries]
+        libs = [lib.stable_dump() for lib in self.libraries]
         root = str(self.dataset_root.resolve())
         fps: dict[str, str] = {}
         fps["probe"] = digest(
             {
                 "libraries": [[lib.name, lib.envs, lib.backend] for lib in self.libraries],
-                "probe": self.probe.model_dump(mode="json"),
+                "probe": self.probe.stable_dump(),
             }
         )
         fps["autorl"] = digest({"libraries": libs, "root": root})
-        fps["train"] = digest(
-            {
-                "model": self.model.model_dump(
-                    mode="json",
-                    exclude={
-                        "device",
-                        "num_workers",
-                        "checkpoint_every",
-                        "eval_every",
-                        "eval_episodes",
-                    },
-                ),
-                "envs": self.env_ids(),
-                "upstream": fps["autorl"],
-            }
-        )
-        fps["eval"] = digest({"eval": self.eval.model_dump(mode="json"), "upstream": fps["train"]})
+        model = self.model.stable_dump()
+        for key in ("device", "num_workers", "checkpoint_every", "eval_every", "eval_episodes"):
+            model.pop(key, None)
+        fps["train"] = digest({"model": model, "envs": self.env_ids(), "upstream": fps["autorl"]})
+        fps["eval"] = digest({"eval": self.eval.stable_dump(), "upstream": fps["train"]})
         fps["report"] = digest({"upstream": [fps[s] for s in STAGES[:-1]], "name": self.name})
         return fps
 

@@ -68,62 +68,97 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: A named config (`tiny`, `32M`, `70M`, `308M`, `736M`) or an inline one.
-    model: str | ModelConfig = "tiny"
-    #: Dataset folder holding `index/` (None: `ldm_envs.paths.dataset_root()`).
-    data_root: Path | None = None
-    libraries: tuple[str, ...] | None = None
-    env_ids: tuple[str, ...] | None = None
-    weighting: Weighting = "env"
-    #: Global batch in windows (all DDP ranks together); None: see `DEFAULT_BATCH_SIZE` (the
-    #: resolved value is what the config holds after validation). 0 is refused, not a default.
-    batch_size: int | None = Field(default=None, gt=0)
-    #: Window length in transitions (None: the model's context).
-    context: int | None = Field(default=None, gt=0)
-    steps: int = Field(default=2000, gt=0)
-    lr: float = Field(default=2.5e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = Field(default=1e-8, gt=0)
-    weight_decay: float = Field(default=0.01, ge=0)
-    #: Max global gradient norm (None: no clipping).
-    grad_clip: float | None = Field(default=1.0, gt=0)
-    #: bf16 autocast on CUDA with "auto"; always fp32 on CPU.
-    precision: Precision = "auto"
-    seed: int = 0
-    log_every: int = Field(default=10, gt=0)
-    checkpoint_every: int = Field(default=500, gt=0)
-    keep_checkpoints: int = Field(default=3, gt=0)
-    num_workers: int = Field(default=0, ge=0)
-    #: Windows per forward pass on each rank; gradients accumulate over the rank's share
-    #: (None: the whole share at once). Same updates, less memory.
-    micro_batch: int | None = Field(default=None, gt=0)
-    #: "auto" (CUDA when available), "cpu", "cuda".
-    device: str = "auto"
-    #: AdamW's fused kernel (one launch for all parameters), as torch's `AdamW(fused=...)`:
-    #: None uses it on CUDA and the plain (foreach) AdamW elsewhere.
-    fused_adamw: bool | None = None
-    #: The backbone's attention: "eager" (matmuls and softmax), "sdpa" (PyTorch's
-    #: scaled_dot_product_attention, any kernel), "flash" (SDPA restricted to its flash
-    #: kernel: CUDA with bf16 only), "auto" (sdpa).
-    attention: Attention = "auto"
-    #: torch.compile the backbone (the transformer, nearly all of the FLOPs); the first steps
-    #: pay for the compilation.
-    compile: bool = False
-    #: How several processes share the model: "ddp" (a full replica on each, gradients
-    #: averaged) or "fsdp" (parameters, gradients and AdamW's state sharded over the ranks
-    #: with torch's `fully_shard`, for a model that does not fit one device). The same
-    #: updates either way; checkpoints hold full state dicts, loadable by one process.
-    parallel: Parallel = "ddp"
-    #: Run folder: checkpoints, metrics.jsonl, loss_curve.png (None: under the data home,
-    #: named after the run key, so the same command resumes the same run).
-    out: Path | None = None
-    mlflow: bool = True
-    #: Steps between evaluations during training (and one at the last step), run by the
-    #: training callbacks (`training.callbacks`; ldm-eval's evaluator logs the share of trained
-    #: envs at >= 80% / 100% of reference). None: no evaluation during training.
-    eval_every: int | None = Field(default=None, gt=0)
-    #: Episodes per rollout of those evaluations (None: the protocol's 10).
-    eval_episodes: int | None = Field(default=None, gt=0)
+    model: str | ModelConfig = Field(
+        default="tiny",
+        description="named config (`ldm-model list`) or a ModelConfig JSON file",
+    )
+    data_root: Path | None = Field(
+        default=None, description="dataset root (default <data home>/autorl)"
+    )
+    libraries: tuple[str, ...] | None = Field(
+        default=None, description="only this library (repeatable)"
+    )
+    env_ids: tuple[str, ...] | None = Field(
+        default=None, description="only this env id (repeatable)"
+    )
+    weighting: Weighting = Field(
+        default="env", description="window draw: env | transitions | library"
+    )
+    #: The resolved value is what the config holds after validation; 0 is refused, not a default.
+    batch_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="global batch in windows, all DDP ranks together (default: 32 for "
+        "tiny/small/base, 384 for 736M, 1024 otherwise)",
+    )
+    context: int | None = Field(
+        default=None, gt=0, description="window length (default: the model's context)"
+    )
+    steps: int = Field(default=2000, gt=0, description="optimizer steps in total")
+    lr: float = Field(default=2.5e-4, gt=0, description="constant AdamW learning rate")
+    betas: tuple[float, float] = Field(default=(0.9, 0.999), description="AdamW betas")
+    eps: float = Field(default=1e-8, gt=0, description="AdamW epsilon")
+    weight_decay: float = Field(
+        default=0.01, ge=0, description="AdamW decay of linear/conv weights"
+    )
+    grad_clip: float | None = Field(
+        default=1.0, gt=0, description="max global gradient norm (0: no clipping)"
+    )
+    precision: Precision = Field(
+        default="auto", description="auto (bf16 autocast on CUDA) | fp32 | bf16; fp32 on CPU"
+    )
+    seed: int = Field(default=0, description="weights init and window draws")
+    log_every: int = Field(default=10, gt=0, description="steps between metric records")
+    checkpoint_every: int = Field(default=500, gt=0, description="steps between checkpoints")
+    keep_checkpoints: int = Field(default=3, gt=0, description="checkpoints kept")
+    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes")
+    #: Gradients accumulate over the rank's share (None: the whole share at once): the same
+    #: updates, less memory.
+    micro_batch: int | None = Field(
+        default=None,
+        gt=0,
+        description="windows per forward pass per process (gradient accumulation)",
+    )
+    device: str = Field(default="auto", description="auto (CUDA when available) | cpu | cuda")
+    #: As torch's `AdamW(fused=...)`: one launch for all parameters.
+    fused_adamw: bool | None = Field(
+        default=None, description="AdamW's fused kernel (default: on CUDA, plain AdamW elsewhere)"
+    )
+    #: "eager" (matmuls and softmax), "sdpa" (PyTorch's scaled_dot_product_attention, any
+    #: kernel), "flash" (SDPA restricted to its flash kernel).
+    attention: Attention = Field(
+        default="auto",
+        description="auto (sdpa) | sdpa | eager | flash (SDPA's flash kernel only: CUDA bf16)",
+    )
+    #: The backbone is nearly all of the FLOPs; the first steps pay for the compilation.
+    compile: bool = Field(default=False, description="torch.compile the transformer")
+    #: "ddp": a full replica on each process, gradients averaged; "fsdp": parameters,
+    #: gradients and AdamW's state sharded over the processes (torch's FSDP2 `fully_shard`),
+    #: for a model that does not fit one device. The same updates either way; checkpoints
+    #: hold full state dicts, loadable by one process.
+    parallel: Parallel = Field(
+        default="ddp",
+        description="ddp | fsdp (shard parameters and AdamW state over the processes)",
+    )
+    #: Checkpoints, metrics.jsonl, loss_curve.png; the default folder is named after the run
+    #: key, so the same command resumes the same run.
+    out: Path | None = Field(
+        default=None, description="run folder (default <data home>/models/<model>-<hash>)"
+    )
+    mlflow: bool = Field(default=True, description="log to MLflow")
+    #: Run by the training callbacks (`training.callbacks`; ldm-eval's evaluator logs the
+    #: share of trained envs at >= 80% / 100% of reference).
+    eval_every: int | None = Field(
+        default=None,
+        gt=0,
+        description="evaluate every N steps and at the end (share of envs at >=80%/100% of "
+        "reference; needs an `ldm.train_callbacks` plugin: ldm-eval)",
+    )
+    eval_episodes: int | None = Field(
+        default=None,
+        gt=0,
+        description="episodes per rollout of those evaluations (default: the protocol's 10)",
+    )
 
     @field_validator("model", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ldm_autorl.config import AutoRLConfig
 from ldm_envs import tracking
 from ldm_eval.suite.commands import quote, run_cli
 from ldm_eval.suite.config import AUTORL_CLI, LibraryConfig, digest
@@ -20,6 +21,8 @@ from ldm_eval.suite.dataset import dataset_summary
 from ldm_eval.suite.tracker import TAG_SUITE
 
 __all__ = ["run"]
+
+MAX_WORKER_RESTARTS = AutoRLConfig.model_fields["max_restarts"].default
 
 
 def _autorl_cmd(
@@ -37,8 +40,13 @@ def _autorl_cmd(
         args += ["--budget", str(budget if budget is not None else lib.train_budget)]
         args += [a for s in lib.seeds for a in ("--seed", str(s))]
         args += ["--backend", lib.backend]
-        if lib.workers is not None:
-            args += ["--parallel", str(lib.workers)]
+        if lib.parallel is not None:
+            args += ["--parallel", str(lib.parallel)]
+        if lib.executor != "local" or lib.address is not None:
+            args += ["--executor", lib.executor]
+            args += ["--address", lib.address] if lib.address is not None else []
+        if lib.max_restarts != MAX_WORKER_RESTARTS:
+            args += ["--max-restarts", str(lib.max_restarts)]
     if sub == "rank":
         args += [a for c in lib.candidates or [] for a in ("--candidate", c)]
     if sub == "train":

@@ -53,28 +53,19 @@ def run(ctx: StageContext) -> None:
     """The paper's protocol on the trained checkpoint, the random baseline beside it."""
     from ldm_envs.errors import LDMError
     from ldm_eval.checkpoint import read_checkpoint
-    from ldm_eval.plan import plan_evaluation
+    from ldm_eval.plan import plan_evaluate
     from ldm_model.training.checkpoint import CheckpointError
 
     suite, e = ctx.suite, ctx.suite.eval
     model_dir = train_config(suite).out
     assert model_dir is not None  # train_config always names the model's folder
-    config = e.protocol()
     try:
         info = read_checkpoint(model_dir)
     except CheckpointError as exc:
         raise StageFailure(f"{exc} (did the train stage finish? its folder: {model_dir})") from None
     libraries, env_ids, notes = _eval_targets(suite, info.envs)
     try:
-        plan = plan_evaluation(
-            info,
-            config,
-            libraries=libraries,
-            env_ids=env_ids,
-            random_baseline=e.random_baseline,
-            device=e.device,
-            notes=notes,
-        )
+        plan = plan_evaluate(info, e, libraries=libraries, env_ids=env_ids, notes=notes)
     except (LDMError, ValueError) as exc:
         raise StageFailure(str(exc)) from None
     out = suite.folder / "eval" / plan.key[:12]
@@ -85,6 +76,8 @@ def run(ctx: StageContext) -> None:
     args += ["--backend", e.backend, "--device", e.device, "--retries", e.retries]
     if not e.random_baseline:
         args.append("--no-random-baseline")
+    if e.context is not None:
+        args += ["--context", e.context]
     args += ["--dataset", suite.dataset_root, "--resamples", e.resamples, "-o", out]
     ctx.console.rule(f"eval: {len(plan.envs)} env(s), {e.rollouts} x {e.episodes} episodes")
     ctx.command(quote(args))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from functools import partial
 
+from ldm_envs.probe_config import ProbeConfig
 from ldm_eval.suite.commands import quote
 from ldm_eval.suite.context import StageContext, StageFailure
 
 __all__ = ["run"]
+
+_NUM_ENVS = ProbeConfig.model_fields["num_envs"].default
 
 
 def run(ctx: StageContext) -> None:
@@ -51,11 +54,12 @@ def run(ctx: StageContext) -> None:
             ctx.console.print(f"[green]wrote[/] {entry.source}", highlight=False)
         else:
             ctx.console.print(f"  declared spaces match the library ({lib.name})")
-        if cfg.check_steps == 0:
+        if cfg.steps == 0:
             continue
         ctx.command(
             quote(["ldm-envs", "check", lib.name, "--backend", lib.backend])
-            + f" --steps {cfg.check_steps} "
+            + f" --steps {cfg.steps} "
+            + ("" if cfg.num_envs == _NUM_ENVS else f"--num-envs {cfg.num_envs} ")
             + quote(env_opts)
         )
         try:
@@ -63,7 +67,8 @@ def run(ctx: StageContext) -> None:
                 registry().get(lib.name),
                 backend,
                 env_ids=lib.envs,
-                steps=cfg.check_steps,
+                steps=cfg.steps,
+                num_envs=cfg.num_envs,
                 on_env=partial(show_env_check, ctx.console),
             )
         except LDMError as exc:

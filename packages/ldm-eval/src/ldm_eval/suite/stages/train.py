@@ -8,7 +8,7 @@ handed over directly, with no plugin lookup.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ldm_eval.suite.commands import quote
 from ldm_eval.suite.config import Suite, digest
@@ -30,22 +30,11 @@ def train_config(suite: Suite) -> TrainConfig:
     if suite.restricts_envs():
         env_ids = [e for envs in suite.env_ids().values() for e in envs]
     return TrainConfig(
-        model=m.config,
+        **m.train_fields(),
         data_root=suite.dataset_root,
         libraries=[lib.name for lib in suite.libraries],
         env_ids=env_ids,
-        weighting=m.weighting,
-        batch_size=m.batch_size,
-        context=m.context,
-        steps=m.steps,
-        lr=m.lr,
-        seed=m.seed,
-        device=m.device,
-        checkpoint_every=m.checkpoint_every,
-        num_workers=m.num_workers,
         out=suite.folder / "models" / f"{m.config}-{model_key(suite)}",
-        eval_every=m.eval_every,
-        eval_episodes=m.eval_episodes,
     )
 
 
@@ -54,9 +43,9 @@ def model_key(suite: Suite) -> str:
 
     More steps extend the same run; another dataset or config trains a fresh one.
     """
-    fields = suite.model.model_dump(
-        mode="json", exclude={"steps", "device", "num_workers", "eval_every", "eval_episodes"}
-    )
+    fields = suite.model.stable_dump()
+    for key in ("steps", "device", "num_workers", "eval_every", "eval_episodes"):
+        fields.pop(key, None)
     fields["checkpoint_every"] = None
     return digest(
         {"model": fields, "envs": suite.env_ids(), "dataset": suite.fingerprints()["autorl"]}
@@ -83,7 +72,7 @@ def run(ctx: StageContext) -> None:
         args += ["--eval-every", config.eval_every]
         if config.eval_episodes is not None:
             args += ["--eval-episodes", config.eval_episodes]
-    args += ["--out", config.out]
+    args += [*_other_options(ctx.suite), "--out", config.out]
     ctx.console.rule(f"train {ctx.suite.model.config} ({config.steps} steps)")
     ctx.command(quote(args))
     callbacks = [_training_evaluator(ctx)] if config.eval_every is not None else []
@@ -105,6 +94,30 @@ def run(ctx: StageContext) -> None:
     ctx.outputs["step"] = str(result.step)
     if result.mlflow_run_id:
         ctx.outputs["mlflow_run_id"] = result.mlflow_run_id
+
+
+#: The section's fields the shown `ldm-model train` command always spells out.
+_SHOWN = {"model", "weighting", "batch_size", "context", "steps", "lr", "seed", "device"}
+_SHOWN |= {"checkpoint_every", "eval_every", "eval_episodes"}
+
+
+def _other_options(suite: Suite) -> list[Any]:
+    """The shown command's options for the section's other fields set to non-defaults."""
+    from ldm_envs.cli_options import field_default
+    from ldm_model.training import TrainConfig
+
+    m, args = suite.model, []
+    for name, value in m.train_fields().items():
+        if name in _SHOWN or value == field_default(TrainConfig, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            args.append(flag if value else flag.replace("--", "--no-", 1))
+        elif isinstance(value, tuple):
+            args += [a for v in value for a in (flag, v)]
+        else:
+            args += [flag, value]
+    return args
 
 
 def _training_evaluator(ctx: StageContext) -> TrainingEvaluator:
