@@ -287,4 +287,4 @@ def test_parallel_is_an_execution_option(tiny_dataset: Path) -> None:
     assert ddp.run_key() == fsdp.run_key()
     assert ddp.resume_differences(fsdp) == {}
     with pytest.raises(ValueError, match="parallel"):
-        TrainConfig(parallel="zero3")  # type: ignore[arg-type]
+        TrainConfig(parallel="zero3")

@@ -11,7 +11,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
@@ -181,8 +181,9 @@ def gather_full_state(
         get_optimizer_state_dict,
     )
 
-    model_state = get_model_state_dict(ldm, options=_full_options())
-    by_name = get_optimizer_state_dict(ldm, optimizer, options=_full_options())
+    # DCP types them as nested containers: they are tensors and AdamW's state dict
+    model_state: Any = get_model_state_dict(ldm, options=_full_options())
+    by_name: Any = get_optimizer_state_dict(ldm, optimizer, options=_full_options())
     if not model_state:
         return {}, {}
     names = [n for group in by_name["param_groups"] for n in group["params"]]
@@ -216,8 +217,10 @@ def load_full_state(
         set_optimizer_state_dict,
     )
 
-    set_model_state_dict(ldm, model_state, options=StateDictOptions(full_state_dict=True))
-    by_name = {
+    set_model_state_dict(
+        ldm, cast(Any, model_state), options=StateDictOptions(full_state_dict=True)
+    )
+    by_name: Any = {
         "state": {names[int(i)]: values for i, values in optimizer_state["state"].items()},
         "param_groups": [
             {**group, "params": [names[int(i)] for i in group["params"]]}
