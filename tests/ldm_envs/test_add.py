@@ -69,6 +69,24 @@ class ImageInDict(Drifting):
 for name in ("Drifting", "Raises", "Huge", "ImageInDict"):
     register(id="%s-v0" % name, entry_point="%s:%s" % (__name__, name), max_episode_steps=40)
 register(id="BoundedModule-v0", entry_point=__name__ + ":Drifting", max_episode_steps=50)
+
+
+class Task(Drifting):
+    """One of several tasks behind a single id, seeded only at construction (Meta-World v3)."""
+
+    observation_space = gymnasium.spaces.Box(-5, 5, (3,), np.float32)
+
+    def __init__(self, task, seed):
+        self.goal = float(TASKS[task] + np.random.default_rng(seed).uniform())
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        obs[2] = self.goal
+        return obs, reward, terminated, truncated, info
+
+
+TASKS = {"walk-v1": 0, "run-v1": 1}
+register(id="Fake/tasks", entry_point=__name__ + ":Task", max_episode_steps=40)
 '''
 
 
@@ -265,6 +283,35 @@ def test_refusals_write_nothing(tmp_path, fake_module):
             backend="inprocess",
         )
     assert not dest.exists()
+
+
+def test_vary_declares_one_env_per_value_of_a_make_kwarg(tmp_path, fake_module):
+    dest = tmp_path / "plugins"
+    options = _options(
+        fake_module,
+        include=["Fake/*"],
+        vary=f"task={fake_module}:TASKS",
+        kwargs={"seed": None},
+        seed_kwarg="seed",
+    )
+    result = add_library(["fake-lib"], options, dest_root=dest, backend="inprocess")
+    spec = read_manifest(result.manifest)
+    assert spec.env_ids == ["Fake/walk-v1", "Fake/run-v1"]
+    run = spec.env("Fake/run-v1")
+    assert run.make_id == "Fake/tasks"
+    assert run.kwargs == {"seed": None, "task": "run-v1"}
+    assert run.seed_kwarg == "seed" and run.max_episode_steps == 40
+    assert check_library(spec, get_backend("inprocess"), steps=50, num_envs=2).ok
+    # a literal list works alike; values that make no Name-vN id and bad text are refused
+    listed = options.model_copy(update={"vary": "task=run-v1"})
+    assert add_library(["fake-lib"], listed, dest_root=dest, backend="inprocess").spec.env_ids == [
+        "Fake/run-v1"
+    ]
+    for vary, match in [("task=walk", r"'Fake/walk'.*Name-vN"), ("walk-v1", r"KWARG=v1,v2")]:
+        bad = options.model_copy(update={"vary": vary})
+        with pytest.raises(AddError, match=match):
+            add_library(["fake-lib"], bad, dest_root=tmp_path / "x", backend="inprocess")
+    assert not (tmp_path / "x").exists()
 
 
 def test_the_ranking_subset_covers_each_space_kind_fastest_first():

@@ -261,6 +261,16 @@ def add(
     max_episode_steps: Annotated[
         int | None, typer.Option(help="time limit of every env (default: the registered one)")
     ] = None,
+    seed_kwarg: Annotated[
+        str | None, typer.Option(help="make() kwarg that seeds an env (re-made on a seeded reset)")
+    ] = None,
+    vary: Annotated[
+        str | None,
+        typer.Option(
+            help="KWARG=v1,v2 or KWARG=module:attr: one env <namespace>/<value> per value of a "
+            "make() kwarg, for ids selected by --include"
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(help="random steps per env (bounds left show up in the hundreds)")
     ] = 1000,
@@ -293,6 +303,8 @@ def add(
             kwargs=_json_option("--kwargs", kwargs) if kwargs else {},
             wrappers=wrappers,
             max_episode_steps=max_episode_steps,
+            seed_kwarg=seed_kwarg,
+            vary=vary,
             steps=steps,
             min_steps_per_second=min_steps_per_second,
             register_plugin=register,

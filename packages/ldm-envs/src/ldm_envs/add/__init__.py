@@ -23,6 +23,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.markup import escape
 
 from ldm_envs.add.errors import AddError
 from ldm_envs.add.plugin import (
@@ -44,6 +45,7 @@ from ldm_envs.add.trial import (
     roll_out,
     widened_bounds,
 )
+from ldm_envs.add.vary import expand, parse_vary, vary_values
 from ldm_envs.backends import Backend, get_backend
 from ldm_envs.errors import BuildError, LDMEnvsError, validation_lines
 from ldm_envs.manifest import (
@@ -82,6 +84,8 @@ class AddOptions(BaseModel):
     kwargs: dict[str, Any] = {}
     wrappers: list[str | WrapperSpec] = []
     max_episode_steps: int | None = Field(default=None, gt=0)
+    seed_kwarg: str | None = None
+    vary: str | None = None
     steps: int = Field(default=1000, gt=0)
     min_steps_per_second: float = Field(default=50.0, ge=0)
     register_plugin: bool = True
@@ -121,12 +125,19 @@ def _selected(ids: list[str], include: list[str], exclude: list[str]) -> list[st
     return [e for e in keep if not any(fnmatch.fnmatchcase(e, g) for g in exclude)]
 
 
-def _env_spec(env_id: str, registered_steps: int | None, options: AddOptions) -> EnvSpec:
+def _env_spec(
+    env_id: str,
+    registered: dict[str, Any],
+    options: AddOptions,
+    varied: dict[str, Any],
+) -> EnvSpec:
     return EnvSpec(
         id=env_id,
-        kwargs=dict(options.kwargs),
+        gym_id=registered["id"] if registered["id"] != env_id else None,
+        kwargs={**options.kwargs, **varied},
         wrappers=list(options.wrappers),
-        max_episode_steps=options.max_episode_steps or registered_steps or None,
+        max_episode_steps=options.max_episode_steps or registered.get("max_episode_steps"),
+        seed_kwarg=options.seed_kwarg,
     )
 
 
@@ -164,7 +175,7 @@ def add_library(
     # 1. resolve (refusing with the resolver's log), then build the venv from the pins
     pinned = list(requirements)
     if backend_obj.name != "inprocess":
-        _say(console, f"resolving {' '.join(requirements)} for Python {options.python}")
+        _say(console, f"resolving {escape(' '.join(requirements))} for Python {options.python}")
         pinned, _ = pin_requirements(requirements, options.python, options.api)
     try:
         base = EnvLibrarySpec(
@@ -194,14 +205,22 @@ def add_library(
         )
     _say(console, f"importing {', '.join(base.imports)} and listing the envs it registers")
     listed = {e["id"]: e for e in list_registered_envs(base, backend_obj)}
-    valid = []
-    for env_id in listed:
-        try:
-            EnvSpec(id=env_id)
-            valid.append(env_id)
-        except ValueError:
-            continue
-    ids = _selected(valid, options.include, options.exclude)
+    origin: dict[str, tuple[str, dict[str, Any]]] = {}  # declared id -> registered id, kwargs
+    if options.vary:
+        kwarg, source = parse_vary(options.vary)
+        bases = _selected(list(listed), options.include, options.exclude)
+        values = vary_values(base, backend_obj, source) if bases else []
+        for env_id, (gym_id, value) in expand(bases, kwarg, values).items():
+            origin[env_id] = (gym_id, {kwarg: value})
+    else:
+        for env_id in listed:
+            try:
+                EnvSpec(id=env_id)
+                origin[env_id] = (env_id, {})
+            except ValueError:
+                continue
+        origin = {e: origin[e] for e in _selected(list(origin), options.include, options.exclude)}
+    ids = list(origin)
     if not ids:
         globs = f" matching --include {options.include}" if options.include else ""
         globs += f" outside --exclude {options.exclude}" if options.exclude else ""
@@ -212,7 +231,7 @@ def add_library(
         )
 
     # 3. probe and step each env; widen the bounds the steps left (evidence pooled by layout)
-    envs = {e: _env_spec(e, listed[e].get("max_episode_steps"), options) for e in ids}
+    envs = {e: _env_spec(e, listed[origin[e][0]], options, origin[e][1]) for e in ids}
     spec = base.model_copy(update={"envs": list(envs.values())})
     _say(console, f"probing {len(ids)} envs")
     trials = probe_spaces(spec, backend_obj, ids)
@@ -231,10 +250,14 @@ def add_library(
                 min_steps_per_second=options.min_steps_per_second,
             )
         if trial.ok:
-            _say(console, f"  [green]ok[/] {env_id}: {trial.steps_per_second:g} random steps/s")
+            _say(
+                console,
+                f"  [green]ok[/] {escape(env_id)}: {trial.steps_per_second:g} random steps/s",
+            )
         else:
-            _say(console, f"  [red]excluded[/] {env_id}: {trial.cause}")
-    pool_widened(list(trials.values()), {e: str(listed[e].get("entry_point")) for e in ids})
+            _say(console, f"  [red]excluded[/] {escape(env_id)}: {escape(trial.cause)}")
+    family = {e: str(listed[origin[e][0]].get("entry_point")) for e in ids}
+    pool_widened(list(trials.values()), family)
     for env_id, trial in trials.items():
         if trial.ok and trial.widened and isinstance(trial.observation, BoxSpace):
             bounds = widened_bounds(trial.observation, trial.widened)
