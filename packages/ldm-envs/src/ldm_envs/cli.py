@@ -261,6 +261,13 @@ def add(
     max_episode_steps: Annotated[
         int | None, typer.Option(help="time limit of every env (default: the registered one)")
     ] = None,
+    entry_point: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--entry-point",
+            help="ID=module:Class: register an env class the library does not register (repeat)",
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(help="random steps per env (bounds left show up in the hundreds)")
     ] = 1000,
@@ -278,6 +285,7 @@ def add(
     import sys
 
     from ldm_envs.add import AddOptions, add_library
+    from ldm_envs.add.glue import parse_entry_points
 
     wrappers: list[object] = []
     for text in wrapper or []:
@@ -293,6 +301,7 @@ def add(
             kwargs=_json_option("--kwargs", kwargs) if kwargs else {},
             wrappers=wrappers,
             max_episode_steps=max_episode_steps,
+            entry_points=parse_entry_points(entry_point or []),
             steps=steps,
             min_steps_per_second=min_steps_per_second,
             register_plugin=register,
