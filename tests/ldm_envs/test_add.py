@@ -421,3 +421,78 @@ def test_a_dim_widened_in_one_env_is_widened_in_its_layout_siblings():
     assert [(w.dim, w.seen_in) for w in push.widened] == [(1, "PushDense-v3"), (2, "")]
     assert [(w.dim, w.seen_in) for w in dense.widened] == [(1, ""), (2, "Push-v3")]
     assert apart.widened == [] and elsewhere.widened == []
+
+
+# --- --entry-point: env classes the library does not register --------------------------------
+
+UNREGISTERED_LIBRARY = '''
+import gymnasium
+import numpy as np
+
+
+class Simulation:
+    def __init__(self, length=5):
+        self.length = length
+
+
+class Needs(gymnasium.Env):
+    """Takes an object, as building-energy-storage-simulation's Environment does."""
+
+    observation_space = gymnasium.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def __init__(self, simulation, scale=1.0):
+        self.simulation = simulation
+        self.scale = scale
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.simulation.length
+        return np.full(2, self.scale / 10, np.float32), 1.0, done, False, {}
+'''
+
+
+def test_entry_points_are_parsed_and_bad_ones_refused():
+    from ldm_envs.add.glue import parse_entry_points
+
+    assert parse_entry_points(["Battery-v0=pkg.mod:Env"]) == {"Battery-v0": "pkg.mod:Env"}
+    for bad, says in (
+        ("Battery-v0", "ID=module:Class"),
+        ("Battery-v0=pkg.mod", "ID=module:Class"),
+        ("Battery=pkg:Env", "-vN"),
+    ):
+        with pytest.raises(AddError, match=says):
+            parse_entry_points([bad])
+
+
+def test_the_generated_glue_registers_the_class_and_builds_object_kwargs(tmp_path, monkeypatch):
+    """The glue `add --entry-point` writes, run by the real worker (in process): the id makes
+    the class, and a `{"()": "module:Callable"}` kwarg becomes the object it builds."""
+    from ldm_envs.add.glue import GLUE_DIR, glue_files, glue_module, write_glue
+    from ldm_envs.manifest import Api
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "ldm_unregistered_lib.py").write_text(UNREGISTERED_LIBRARY)
+    monkeypatch.syspath_prepend(str(lib))
+    files = glue_files("unreg", {"Needs-v0": "ldm_unregistered_lib:Needs"}, Api.GYMNASIUM)
+    write_glue(tmp_path / GLUE_DIR, files)
+    assert "hatchling" in (tmp_path / GLUE_DIR / "pyproject.toml").read_text()
+    monkeypatch.syspath_prepend(str(tmp_path / GLUE_DIR / "src"))
+    data = _manifest_data(
+        max_episode_steps=40,
+        kwargs={"simulation": {"()": "ldm_unregistered_lib:Simulation", "length": 3}, "scale": 5},
+    )
+    data["envs"][0]["id"] = "Needs-v0"
+    data["imports"] = [glue_module("unreg")]
+    from ldm_envs.probe import probe_library
+
+    spec, _ = probe_library(parse_manifest(data, "unreg"), get_backend("inprocess"))
+    report = check_library(spec, get_backend("inprocess"), steps=30, num_envs=1)
+    assert report.ok, report.envs[0].problems
+    assert report.envs[0].episodes == 10  # length 3: the object the kwarg built was used

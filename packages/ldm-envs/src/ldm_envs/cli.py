@@ -271,6 +271,13 @@ def add(
             "make() kwarg, for ids selected by --include"
         ),
     ] = None,
+    entry_point: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--entry-point",
+            help="ID=module:Class: register an env class the library does not register (repeat)",
+        ),
+    ] = None,
     steps: Annotated[
         int, typer.Option(help="random steps per env (bounds left show up in the hundreds)")
     ] = 1000,
@@ -288,6 +295,7 @@ def add(
     import sys
 
     from ldm_envs.add import AddOptions, add_library
+    from ldm_envs.add.glue import parse_entry_points
 
     wrappers: list[object] = []
     for text in wrapper or []:
@@ -305,6 +313,7 @@ def add(
             max_episode_steps=max_episode_steps,
             seed_kwarg=seed_kwarg,
             vary=vary,
+            entry_points=parse_entry_points(entry_point or []),
             steps=steps,
             min_steps_per_second=min_steps_per_second,
             register_plugin=register,

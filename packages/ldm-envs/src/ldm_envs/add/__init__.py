@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.markup import escape
 
 from ldm_envs.add.errors import AddError
+from ldm_envs.add.glue import GLUE_DIR, glue_files, glue_module, write_glue
 from ldm_envs.add.plugin import (
     choose_ranking_subset,
     merge_manifest,
@@ -86,6 +89,8 @@ class AddOptions(BaseModel):
     max_episode_steps: int | None = Field(default=None, gt=0)
     seed_kwarg: str | None = None
     vary: str | None = None
+    #: Env ids to register, {ID: "module:Class"}, for a library that registers none itself.
+    entry_points: dict[str, str] = {}
     steps: int = Field(default=1000, gt=0)
     min_steps_per_second: float = Field(default=50.0, ge=0)
     register_plugin: bool = True
@@ -177,16 +182,59 @@ def add_library(
     if backend_obj.name != "inprocess":
         _say(console, f"resolving {escape(' '.join(requirements))} for Python {options.python}")
         pinned, _ = pin_requirements(requirements, options.python, options.api)
+    glue = glue_files(name, options.entry_points, options.api) if options.entry_points else {}
+    staging = Path(tempfile.mkdtemp(prefix="ldm-add-"))
+    try:
+        return _add(
+            requirements,
+            pinned,
+            name,
+            glue,
+            staging,
+            options,
+            started,
+            command,
+            dest_root,
+            backend_obj,
+            console,
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _add(
+    requirements: list[str],
+    pinned: list[str],
+    name: str,
+    glue: dict[str, str],
+    staging: Path,
+    options: AddOptions,
+    started: float,
+    command: str,
+    dest_root: Path,
+    backend_obj: Backend,
+    console: Any,
+) -> AddResult:
+    """`add_library` once the requirements are pinned.
+
+    `staging` holds the glue package (if any) until the plugin folder is written, so a refusal
+    leaves nothing behind.
+    """
+    if glue:
+        write_glue(staging / GLUE_DIR, glue)
     try:
         base = EnvLibrarySpec(
             name=name,
             version="0.1.0",
             environment=IsolatedEnvironment(
-                python=options.python, api=options.api, requirements=pinned
+                python=options.python,
+                api=options.api,
+                requirements=pinned,
+                local_packages=[GLUE_DIR] if glue else [],
             ),
-            imports=list(options.imports),
+            imports=list(options.imports) + ([glue_module(name)] if glue else []),
             envs=[EnvSpec(id=PLACEHOLDER_ENV_ID)],
-        )
+        ).located_at(staging)
     except ValidationError as exc:
         raise AddError("\n".join(validation_lines(exc))) from None
     try:
@@ -196,13 +244,20 @@ def add_library(
 
     # 2. the modules that register the envs, and the env ids they register
     if backend_obj.name != "inprocess":
-        guessed = top_level_modules(base, backend_obj, distribution_names(requirements))
+        # the library is the first requirement; the others are its helpers (setuptools for a
+        # library importing pkg_resources), whose modules register nothing: --module adds more
+        guessed, broken = top_level_modules(base, backend_obj, distribution_names(requirements)[:1])
+        if not guessed and not options.imports:
+            failures = "".join(f"\n  import {m}: {e}" for m, e in broken.items())
+            raise AddError(
+                f"found no importable module of {', '.join(requirements)} (nothing was written)"
+                f"{failures}\nAdd the distribution of a missing module as another requirement "
+                "(pkg_resources: 'setuptools<81'), or name the module that registers the envs "
+                "with --module"
+            )
         base = base.model_copy(update={"imports": list(dict.fromkeys(guessed + base.imports))})
     if not base.imports:
-        raise AddError(
-            f"found no importable module of {', '.join(requirements)}: name the module that "
-            "registers the envs with --import"
-        )
+        raise AddError("name the module that registers the envs with --module")
     _say(console, f"importing {', '.join(base.imports)} and listing the envs it registers")
     listed = {e["id"]: e for e in list_registered_envs(base, backend_obj)}
     origin: dict[str, tuple[str, dict[str, Any]]] = {}  # declared id -> registered id, kwargs
@@ -227,7 +282,8 @@ def add_library(
         raise AddError(
             f"{', '.join(requirements)} registers no env{globs} when {', '.join(base.imports)} "
             f"is imported ({len(listed)} registered in all; nothing was written). Name the "
-            "module that registers them with --import, or check the globs"
+            "module that registers them with --module, give env classes with --entry-point "
+            "ID=module:Class, or check the globs"
         )
 
     # 3. probe and step each env; widen the bounds the steps left (evidence pooled by layout)
@@ -277,14 +333,14 @@ def add_library(
     # 4. the manifest, merged with the hand edits of an existing plugin
     generated = base.model_copy(
         update={
-            "description": f"{', '.join(requirements)} envs, added by `ldm-envs add`.",
+            "description": f"{name} envs, added by `ldm-envs add`.",
             "requires_core": _core_range(),
             "envs": [envs[t.env_id] for t in passing],
             "excluded": {t.env_id: t.cause for t in trials.values() if not t.ok},
             "ranking_subset": choose_ranking_subset(list(trials.values())),
         }
     )
-    generated = EnvLibrarySpec.model_validate(generated.model_dump())
+    generated = EnvLibrarySpec.model_validate(generated.model_dump()).located_at(staging)
     root = plugin_dir(name, dest_root)
     manifest_path = root / "src" / module_name(name) / "manifest.yaml"
     created = not root.exists()
@@ -303,6 +359,8 @@ def add_library(
             env_ids=final.env_ids,
             description=final.description,
         )
+    if glue:
+        write_glue(manifest_path.parent / GLUE_DIR, glue)
     seconds = time.monotonic() - started
     readme = readme_section(final, list(trials.values()), seconds, command)
     recorded = json.loads(options.model_dump_json())

@@ -49,16 +49,17 @@ def top_level(name):
                 continue
             if len(f.parts) > 1 or head.endswith(".py"):
                 names.append(head[:-3] if head.endswith(".py") else head)
-    found = []
+    found, failed = [], {}
     for module in dict.fromkeys(names):
         if not module.isidentifier() or module.startswith("_") or module in ("tests", "test"):
             continue
         try:
             importlib.import_module(module)
-        except Exception:
+        except Exception as exc:
+            failed[module] = "%s: %s" % (type(exc).__name__, exc)
             continue
         found.append(module)
-    return found
+    return {"found": found, "failed": failed}
 
 
 result = {name: top_level(name) for name in json.loads(sys.argv[1])}
@@ -158,9 +159,17 @@ def run_in_environment(spec: EnvLibrarySpec, backend: Backend, script: str, *arg
     return output
 
 
-def top_level_modules(spec: EnvLibrarySpec, backend: Backend, names: list[str]) -> list[str]:
-    """The importable top-level modules the distributions `names` install, in that order."""
+def top_level_modules(
+    spec: EnvLibrarySpec, backend: Backend, names: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The importable top-level modules the distributions `names` install, and the failures.
+
+    Failures map each module that did not import to its exception: a library importing a
+    module it does not declare (`pkg_resources`) shows up there, not as "no module found".
+    """
     output = run_in_environment(spec, backend, _TOP_LEVEL, json.dumps(names))
     lines = [line for line in output.splitlines() if line.startswith(_MARKER)]
     found: dict[str, Any] = json.loads(lines[-1][len(_MARKER) :]) if lines else {}
-    return list(dict.fromkeys(m for name in names for m in found.get(name, [])))
+    modules = [m for name in names for m in found.get(name, {}).get("found", [])]
+    failed = {m: e for name in names for m, e in found.get(name, {}).get("failed", {}).items()}
+    return list(dict.fromkeys(modules)), failed
