@@ -62,6 +62,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "context",
                 "description",
                 "device",
+                "entry-point",
                 "env-spec",
                 "episodes",
                 "exclude",
