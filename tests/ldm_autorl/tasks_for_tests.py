@@ -54,3 +54,8 @@ def hang_with_grandchild(pid_file: str) -> None:
 
 def not_json() -> object:
     return object()
+
+
+def environment(name: str) -> dict[str, Any]:
+    """What the attempt sees of the caller: one environment variable and the working folder."""
+    return {"value": os.environ.get(name), "cwd": os.getcwd()}

@@ -126,6 +126,28 @@ def test_retries_report_every_attempt(tmp_path: Path) -> None:
     assert "attempt 3: Traceback" in r.error
 
 
+def test_forked_attempts_see_the_callers_environment_of_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python keeps one fork server per process, with the environment it started with; an
+    attempt must still see what the caller has now (a test's or a notebook's new
+    `MLFLOW_TRACKING_URI` once sent every run to the store of the first executor)."""
+    name = "LDM_TEST_EXECUTOR_VALUE"
+    seen = []
+    for value, cwd in (("first", tmp_path), ("second", tmp_path / "later")):
+        cwd.mkdir(exist_ok=True)
+        monkeypatch.setenv(name, value)
+        monkeypatch.chdir(cwd)
+        executor = LocalExecutor(max_workers=1, show_progress=False, preload=["json"])
+        (result,) = executor.run([spec(value, "environment", name=name)])
+        assert result.ok, result.error
+        seen.append(result.value)
+    assert seen == [
+        {"value": "first", "cwd": str(tmp_path)},
+        {"value": "second", "cwd": str(tmp_path / "later")},
+    ]
+
+
 def test_logs_go_to_log_dir_and_errors_quote_them(tmp_path: Path) -> None:
     (r,) = LocalExecutor(log_dir=tmp_path / "logs", show_progress=False).run(
         [spec("seg/v", "segfault")]

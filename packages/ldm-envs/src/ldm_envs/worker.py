@@ -443,11 +443,13 @@ class HostedEnv(object):
             self.env.close()
             self.env = self._make(seed)
             seed = None if self.seed_kwarg else seed
+        if seed is not None:
+            # many libraries draw from the global generators, not the env's own (jsbgym's
+            # target headings, most gym 0.21 code): a seeded reset seeds those too
+            random.seed(int(seed))
+            np.random.seed(int(seed) % (2 ** 32))
         if self.api == "gym21":
             if seed is not None:
-                # legacy libraries often draw from the global generators
-                random.seed(int(seed))
-                np.random.seed(int(seed) % (2 ** 32))
                 seed_method = getattr(self.env, "seed", None)
                 if seed_method is not None:
                     try:

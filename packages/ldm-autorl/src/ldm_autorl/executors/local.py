@@ -47,11 +47,26 @@ def _die_with_parent(parent_pid: int | None) -> None:
 
 
 def _child_main(
-    conn: Connection, target: str, kwargs_json: str, log_path: str | None, parent_pid: int | None
+    conn: Connection,
+    target: str,
+    kwargs_json: str,
+    log_path: str | None,
+    parent_pid: int | None,
+    environ: dict[str, str] | None = None,
 ) -> None:
-    """Entry of an attempt's process: own process group, call the target, send the outcome."""
+    """Entry of an attempt's process: own process group, call the target, send the outcome.
+
+    `environ` is the starting process's environment, for attempts forked from the fork server:
+    Python keeps one fork server per process, started by the first executor that preloads, and
+    its children would otherwise see the environment of that moment (a later
+    `MLFLOW_TRACKING_URI` or `LDM_HOME` would be ignored). multiprocessing already passes the
+    working directory.
+    """
     with contextlib.suppress(OSError):
         os.setsid()
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _die_with_parent(parent_pid)
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -180,6 +195,7 @@ class LocalExecutor(PooledExecutor["_Attempt"]):
                 None if log_path is None else str(log_path),
                 # a forked attempt's parent is the fork server, which exits with this process
                 None if self.preload else os.getpid(),
+                dict(os.environ) if self.preload else None,
             ),
             name=f"ldm-task-{spec.key}",
             daemon=False,
