@@ -75,6 +75,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "from-stage",
                 "grad-clip",
                 "include",
+                "json",  # `ldm-envs list --json`: the health report (ldm_envs.health)
                 "keep-checkpoints",
                 "kwargs",
                 "log-every",

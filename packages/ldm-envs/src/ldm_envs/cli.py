@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -13,11 +14,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from ldm_envs.backends import BACKENDS, DEFAULT_BACKEND, check_backend, get_backend
-from ldm_envs.checker import EnvCheck, check_library, last_check, show_env_check
+from ldm_envs.checker import check_library, show_env_check
 from ldm_envs.cli_app import make_app
 from ldm_envs.cli_options import config_options
 from ldm_envs.console import make_console
 from ldm_envs.errors import LDMEnvsError, validation_lines
+from ldm_envs.health import HEALTH_BACKENDS, HealthReport, ago, health_report
 from ldm_envs.inputs import require_positive_all
 from ldm_envs.manifest import write_manifest
 from ldm_envs.plugins import registry
@@ -36,56 +38,80 @@ BackendOpt = Annotated[
 ]
 
 
-def _space_kind(space: object) -> str:
-    return space.describe().split("[")[0].split("(")[0] if space is not None else "?"  # type: ignore[attr-defined]
-
-
 @app.command("list")
-def list_libraries() -> None:
-    """List the installed env libraries, their envs, backends' readiness and last checks."""
-    reg = registry()
-    table = Table(title="env libraries", show_lines=True)
-    for col in ("library", "python / api", "envs", "obs -> action", "backends"):
-        table.add_column(col, overflow="fold")
-    failing: list[tuple[str, str, EnvCheck]] = []
-    for name in reg.names():
-        spec = reg.get(name)
-        kinds = sorted(
-            {
-                f"{_space_kind(e.observation_space)} -> {_space_kind(e.action_space)}"
-                for e in spec.envs
-                if e.probed
-            }
-        )
-        backends = []
-        for backend_name in BACKENDS[1:]:
-            try:
-                state = "built" if get_backend(backend_name).is_ready(spec) else "not built"
-            except LDMEnvsError:
-                state = "no engine"
-            res = last_check(name, backend_name)
-            if res is not None:
-                state += f", check {sum(e.ok for e in res.envs)}/{len(res.envs)} ok"
-                failing += [(name, backend_name, e) for e in res.envs if not e.ok]
-            backends.append(f"{backend_name}: {state}")
-        table.add_row(
-            f"{name} {spec.version}",
-            f"{spec.environment.python} {spec.environment.api.value}",
-            str(len(spec.envs)),
-            "\n".join(kinds),
-            "\n".join(backends),
-        )
-    console.print(table)
+def list_libraries(
+    library: Annotated[
+        list[str] | None,
+        typer.Option("--library", "-l", help="only this library (repeat); lists its exclusions"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the health report as JSON (ldm_envs.health)")
+    ] = False,
+) -> None:
+    """List the installed env libraries: envs declared and excluded, builds, last checks, speed."""
+    report = health_report(registry(), library)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))  # plain: a pipe's reader wants no styling
+        return
+    console.print(_health_table(report))
     # every env the last check could not make or step, with its cause: never a silent count
-    for name, backend_name, env in failing:
-        cause = env.problems[0].strip().splitlines()[-1] if env.problems else "(no cause recorded)"
-        err.print(
-            f"[red]{name} {env.env_id} fails through {backend_name}:[/] {escape(cause)}  "
-            f"[dim](`ldm-envs check {name} --backend {backend_name} --env {env.env_id}`)[/]",
-            highlight=False,
-        )
-    for name, why in sorted(reg.broken.items()):
+    for lib in report.libraries:
+        for state in lib.backends:
+            for env in state.failing:
+                err.print(
+                    f"[red]{lib.name} {env.env_id} fails through {state.backend}:[/] "
+                    f"{escape(env.cause)}  [dim](`ldm-envs check {lib.name} --backend "
+                    f"{state.backend} --env {env.env_id}`)[/]",
+                    highlight=False,
+                )
+    if library:
+        for lib in report.libraries:
+            for ex in lib.excluded:
+                console.print(
+                    f"{lib.name} excludes {escape(ex.env_id)}: {escape(ex.cause)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+    elif any(lib.excluded for lib in report.libraries):
+        console.print("[dim]each excluded env with its cause: `ldm-envs list -l NAME`[/]")
+    for name, why in report.broken.items():
         err.print(f"[red]broken plugin {name}:[/] {escape(why)}", highlight=False)
+
+
+def _health_table(report: HealthReport) -> Table:
+    """The health report as a table that stays readable at 120 columns."""
+    table = Table(title="env libraries", show_lines=True)
+    table.add_column("library", overflow="fold", ratio=3)
+    table.add_column("envs", justify="right")
+    table.add_column("excluded", overflow="fold", ratio=3)
+    table.add_column("obs -> action", overflow="fold", ratio=2)
+    for backend in HEALTH_BACKENDS:
+        table.add_column(backend, overflow="fold", ratio=2)
+    for lib in report.libraries:
+        kinds = Counter(ex.kind for ex in lib.excluded)
+        excluded = [str(len(lib.excluded))] + [f"{n} {kind}" for kind, n in kinds.most_common()]
+        cells = []
+        for state in lib.backends:
+            lines = [{True: "built", False: "not built", None: "no engine"}[state.built]]
+            if state.checked_at is None:
+                lines.append("never checked")
+            else:
+                mark = "green" if state.ok == state.total and not state.unchecked else "red"
+                lines.append(f"[{mark}]check {state.ok}/{state.total} ok[/]")
+                lines.append(ago(state.checked_at))
+                if state.steps_per_second is not None:
+                    lines.append(f"{state.steps_per_second:,.0f} steps/s")
+                if state.unchecked:
+                    lines.append(f"[yellow]{len(state.unchecked)} unchecked[/]")
+            cells.append("\n".join(lines))
+        table.add_row(
+            f"[bold]{escape(lib.name)}[/]\n{lib.version} · py{lib.python} {lib.api}",
+            str(lib.envs_declared),
+            escape("\n".join(excluded)) if lib.excluded else "0",
+            "\n".join(lib.spaces),
+            *cells,
+        )
+    return table
 
 
 @app.command()
