@@ -144,6 +144,17 @@ def test_a_library_never_built_nor_checked(excluding):
     assert flat.count("never checked") == 2 and "not built" in flat
 
 
+def test_no_docker_engine_leaves_the_build_state_unknown(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    start = time.monotonic()
+    report = _report("-l", "toy")
+    assert time.monotonic() - start < 30  # no 600 s client timeout: a missing socket fails fast
+    assert report.docker_engine is False
+    states = {b.backend: b.built for b in report.libraries[0].backends}
+    assert states["docker"] is None and states["venv"] is not None
+    assert "no engine" in _flat("-l", "toy")
+
+
 def test_an_unknown_library_is_named():
     result = runner.invoke(app, ["list", "-l", "nope"])
     assert result.exit_code == 1
