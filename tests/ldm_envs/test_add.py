@@ -203,7 +203,7 @@ def test_add_keeps_passing_envs_records_failures_widens_bounds_and_writes_a_plug
 ):
     dest = tmp_path / "plugins"
     result = add_library(
-        ["fake-lib"],
+        ["fake-lib>=0"],
         _options(fake_module, exclude=["Bounded*"]),
         dest_root=dest,
         backend="inprocess",
@@ -222,6 +222,7 @@ def test_add_keeps_passing_envs_records_failures_widens_bounds_and_writes_a_plug
     assert spec.ranking_envs == ["Drifting-v0"]
     readme = (result.root / "README.md").read_text()
     assert "| Drifting-v0 | 1 | [-1, 1] | 0 | 3 | this env |" in readme  # dim, bounds, seen
+    assert "`ldm-envs add 'fake-lib>=0'` took" in readme  # quoted as a shell takes it
     assert "| Raises-v0 | cannot be made, reset or stepped:" in readme
     assert "What to edit next" not in readme
     for name in ("pyproject.toml", RECORD, "tests/test_fake_lib.py"):
@@ -405,6 +406,8 @@ def test_add_a_real_library_into_a_workspace_and_the_refusals(tmp_path):
     record = json.loads((root / RECORD).read_text())
     assert record["options"]["include"] == ["CartPole*"]
     assert EnvLibrarySpec.model_validate(record["generated"]).env_ids == spec.env_ids
+    readme = (root / "README.md").read_text()
+    assert "`ldm-envs add gymnasium --include 'CartPole*' --name cartpoles` took" in readme
 
 
 def test_a_dim_widened_in_one_env_is_widened_in_its_layout_siblings():
