@@ -118,10 +118,10 @@ class Channel(object):
     def _ensure(self, need, deadline):
         while self.end - self.start < need:
             if self.start + need > len(self.buf):
-                pending = self.buf[self.start : self.end]
+                pending = self.buf[self.start:self.end]
                 if need > len(self.buf):
                     self.buf = bytearray(max(need, 2 * len(self.buf)))
-                self.buf[: len(pending)] = pending
+                self.buf[:len(pending)] = pending
                 self.start, self.end = 0, len(pending)
             self.end += self._recv_some(deadline)
 
@@ -129,7 +129,7 @@ class Channel(object):
         self.recent_wait = 0.7 * self.recent_wait + 0.3 * waited
 
     def _recv_some(self, deadline):
-        view = memoryview(self.buf)[self.end :]
+        view = memoryview(self.buf)[self.end:]
         sock = self.sock
         try:
             k = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
@@ -186,12 +186,12 @@ class Channel(object):
         self._ensure(rel + body_len + sum(m[2] for m in metas), deadline)
         buf = self.buf
         at = self.start + rel
-        header = json.loads(buf[at : at + body_len].decode("utf-8")) if body_len else {}
+        header = json.loads(buf[at:at + body_len].decode("utf-8")) if body_len else {}
         at += body_len
         arrays = []
         for dtype, shape, nbytes in metas:
             # slicing a bytearray copies: each array owns writable memory
-            arrays.append(np.frombuffer(buf[at : at + nbytes], dtype=dtype).reshape(shape))
+            arrays.append(np.frombuffer(buf[at:at + nbytes], dtype=dtype).reshape(shape))
             at += nbytes
         self.start = at
         if self.start == self.end:
@@ -219,13 +219,9 @@ def describe_space(space):
     """Describe a leaf space as the plain dict the host's pydantic models validate."""
     kind = _kind(space)
     if kind == "Box":
-        return {
-            "type": "box",
-            "shape": [int(d) for d in space.shape],
-            "dtype": np.dtype(space.dtype).name,
-            "low": _compress(space.low),
-            "high": _compress(space.high),
-        }
+        return {"type": "box", "shape": [int(d) for d in space.shape],
+                "dtype": np.dtype(space.dtype).name,
+                "low": _compress(space.low), "high": _compress(space.high)}
     if kind == "Discrete":
         return {"type": "discrete", "n": int(space.n), "start": int(getattr(space, "start", 0))}
     if kind == "MultiDiscrete":
@@ -250,9 +246,8 @@ def _widened(env_id, obs, bounds):
     if not bounds or (bounds.get("low") is None and bounds.get("high") is None):
         return obs
     if obs["type"] != "box":
-        raise ValueError(
-            "%s: observation_bounds need a Box observation, the env has %s" % (env_id, obs["type"])
-        )
+        raise ValueError("%s: observation_bounds need a Box observation, the env has %s"
+                         % (env_id, obs["type"]))
     size = int(np.prod(obs["shape"]))
     out = dict(obs)
     for key in ("low", "high"):
@@ -261,16 +256,16 @@ def _widened(env_id, obs, bounds):
             continue
         arr = np.asarray(value, dtype=np.float64).ravel()
         if arr.size not in (1, size):
-            raise ValueError(
-                "%s: observation_bounds.%s has %d values; the observation has "
-                "%d dims (give one value, or one per dim)" % (env_id, key, arr.size, size)
-            )
+            raise ValueError("%s: observation_bounds.%s has %d values; the observation has "
+                             "%d dims (give one value, or one per dim)"
+                             % (env_id, key, arr.size, size))
         out[key] = _compress(np.broadcast_to(arr, (size,)))
     return out
 
 
 def _is_image(space):
-    return _kind(space) == "Box" and np.dtype(space.dtype) == np.uint8 and len(space.shape) == 3
+    return (_kind(space) == "Box" and np.dtype(space.dtype) == np.uint8
+            and len(space.shape) == 3)
 
 
 def _children(space):
@@ -301,8 +296,7 @@ class Flattener(object):
             if _is_image(sub):
                 raise ValueError(
                     "%s is an image inside a %s space: add a wrapper that selects it "
-                    "(for MiniGrid: minigrid.wrappers:ImgObsWrapper)" % (where, _kind(space))
-                )
+                    "(for MiniGrid: minigrid.wrappers:ImgObsWrapper)" % (where, _kind(space)))
             if _children(sub) is not None:
                 child = Flattener(sub, where)
                 self.parts.append((key, child))
@@ -338,13 +332,8 @@ class Flattener(object):
     def describe(self):
         if not self.active:
             return describe_space(self.space)
-        return {
-            "type": "box",
-            "shape": [int(self.low.size)],
-            "dtype": "float32",
-            "low": _compress(self.low),
-            "high": _compress(self.high),
-        }
+        return {"type": "box", "shape": [int(self.low.size)], "dtype": "float32",
+                "low": _compress(self.low), "high": _compress(self.high)}
 
     def _flat_parts(self, obs):
         for key, child in self.parts:
@@ -459,11 +448,8 @@ class HostedEnv(object):
         self.obs_dtype = np.dtype(obs["dtype"]) if obs["type"] == "box" else np.dtype(np.int64)
         if obs["type"] in ("multi_binary",):
             self.obs_dtype = np.dtype(np.int8)
-        return {
-            "observation": obs,
-            "action": describe_space(self.env.action_space),
-            "raw_observation": _kind(self.env.observation_space),
-        }
+        return {"observation": obs, "action": describe_space(self.env.action_space),
+                "raw_observation": _kind(self.env.observation_space)}
 
     def _obs(self, raw):
         if type(raw) is np.ndarray and raw.dtype is self.obs_dtype and not self.flattens:
@@ -486,7 +472,7 @@ class HostedEnv(object):
             # many libraries draw from the global generators, not the env's own (jsbgym's
             # target headings, most gym 0.21 code): a seeded reset seeds those too
             random.seed(int(seed))
-            np.random.seed(int(seed) % (2**32))
+            np.random.seed(int(seed) % (2 ** 32))
         if self.api == "gym21":
             if seed is not None:
                 seed_method = getattr(self.env, "seed", None)
@@ -560,13 +546,9 @@ class EnvGroup(object):
         return method(header, arrays)
 
     def cmd_hello(self, header, arrays):
-        return {
-            "protocol": PROTOCOL_VERSION,
-            "python": sys.version.split()[0],
-            "numpy": np.__version__,
-            "pid": os.getpid(),
-            "machine": platform.machine(),
-        }, []
+        return {"protocol": PROTOCOL_VERSION, "python": sys.version.split()[0],
+                "numpy": np.__version__, "pid": os.getpid(),
+                "machine": platform.machine()}, []
 
     def cmd_make(self, header, arrays):
         for key, value in (header.get("env_vars") or {}).items():
@@ -667,13 +649,8 @@ class EnvGroup(object):
             o, _info = env.reset(0)
             a = env.env.action_space.sample()
             o2, _r, _te, _tr, _i = env.step(a)
-            checks.append(
-                {
-                    "obs_shape": list(np.shape(o)),
-                    "obs_dtype": np.asarray(o).dtype.name,
-                    "step_obs_shape": list(np.shape(o2)),
-                }
-            )
+            checks.append({"obs_shape": list(np.shape(o)), "obs_dtype": np.asarray(o).dtype.name,
+                           "step_obs_shape": list(np.shape(o2))})
         reply["checks"] = checks
         return reply, []
 
@@ -691,7 +668,6 @@ class EnvGroup(object):
     def cmd_hang(self, header, arrays):
         """Test hook: stop answering, as a deadlocked env would."""
         import time
-
         time.sleep(float(header.get("seconds", 3600)))
         return {}, []
 
@@ -737,13 +713,8 @@ def shared_layout(n, action_dtype, action_shape, obs_dtype, obs_shape):
     """Offsets of the actions, observations and status rows in the region, and its size."""
     act = n * int(np.prod(action_shape)) * np.dtype(action_dtype).itemsize
     obs = n * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
-    layout = {
-        "n": n,
-        "action_dtype": action_dtype,
-        "action_shape": list(action_shape),
-        "obs_dtype": obs_dtype,
-        "obs_shape": list(obs_shape),
-    }
+    layout = {"n": n, "action_dtype": action_dtype, "action_shape": list(action_shape),
+              "obs_dtype": obs_dtype, "obs_shape": list(obs_shape)}
     layout["actions_at"] = _CONTROL_BYTES
     layout["obs_at"] = layout["actions_at"] + _aligned(act)
     layout["status_at"] = layout["obs_at"] + _aligned(obs)
@@ -769,12 +740,10 @@ class SharedRegion(object):
         self.control = np.frombuffer(buf, np.int64, 8, 0)
         act_shape = (n,) + tuple(layout["action_shape"])
         obs_shape = (n,) + tuple(layout["obs_shape"])
-        self.actions = np.frombuffer(
-            buf, layout["action_dtype"], int(np.prod(act_shape)), layout["actions_at"]
-        ).reshape(act_shape)
-        self.obs = np.frombuffer(
-            buf, layout["obs_dtype"], int(np.prod(obs_shape)), layout["obs_at"]
-        ).reshape(obs_shape)
+        self.actions = np.frombuffer(buf, layout["action_dtype"], int(np.prod(act_shape)),
+                                     layout["actions_at"]).reshape(act_shape)
+        self.obs = np.frombuffer(buf, layout["obs_dtype"], int(np.prod(obs_shape)),
+                                 layout["obs_at"]).reshape(obs_shape)
         self.status = np.frombuffer(buf, np.float64, 3 * n, layout["status_at"]).reshape(3, n)
         self.seq = 0
         self._lock = threading.Lock()
@@ -852,9 +821,8 @@ class SharedServer(object):
         if not group.envs or not group.stacked:
             raise ValueError("shared-memory steps need envs that share their observation space")
         obs_shape, obs_dtype = _obs_row(group.spaces[0]["observation"])
-        layout = shared_layout(
-            len(group.envs), header["action_dtype"], header["action_shape"], obs_dtype, obs_shape
-        )
+        layout = shared_layout(len(group.envs), header["action_dtype"], header["action_shape"],
+                               obs_dtype, obs_shape)
         channel.send({"ok": True, "layout": layout})
         fd = receive_fd(channel.sock)
         try:
@@ -929,12 +897,9 @@ class SharedServer(object):
 
 def error_reply(exc):
     """The reply for a failed request: message, env index if known, and the traceback."""
-    return {
-        "ok": False,
-        "error": "%s: %s" % (type(exc).__name__, exc),
-        "env_index": getattr(exc, "env_index", None),
-        "traceback": traceback.format_exc(),
-    }
+    return {"ok": False, "error": "%s: %s" % (type(exc).__name__, exc),
+            "env_index": getattr(exc, "env_index", None),
+            "traceback": traceback.format_exc()}
 
 
 def serve(sock, spin=0.0002, shared_spin=0.002):
