@@ -140,6 +140,9 @@ def test_episode_limit_is_enforced_by_the_worker(legacy_gym):
     assert out[1][2].tolist() == [1] and out[1][1].tolist() == [0]
 
 
+_GYM26_NAMES = ("TimeLimit", "OrderEnforcing", "PassiveEnvChecker")
+
+
 class _Gym26Wrapper:
     """Stands for one of the wrappers gym 0.26's make() adds: it unpacks the 0.26 step."""
 
@@ -172,9 +175,6 @@ def gym26_with_legacy_env(monkeypatch):
     module.make = make
     monkeypatch.setitem(sys.modules, "gym", module)
     return module
-
-
-_GYM26_NAMES = ("TimeLimit", "OrderEnforcing", "PassiveEnvChecker")
 
 
 def test_gym21_library_under_gym26_loses_the_new_api_wrappers(gym26_with_legacy_env):
