@@ -14,12 +14,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from ldm_envs.add import AddError, AddOptions, add_library
 from ldm_envs.add.plugin import RECORD, choose_ranking_subset
-from ldm_envs.add.trial import EnvTrial
+from ldm_envs.add.trial import EnvTrial, probe_spaces, roll_out
 from ldm_envs.backends import get_backend
 from ldm_envs.checker import check_library
 from ldm_envs.errors import ManifestError
@@ -203,7 +204,7 @@ def test_add_keeps_passing_envs_records_failures_widens_bounds_and_writes_a_plug
 ):
     dest = tmp_path / "plugins"
     result = add_library(
-        ["fake-lib"],
+        ["fake-lib>=0"],
         _options(fake_module, exclude=["Bounded*"]),
         dest_root=dest,
         backend="inprocess",
@@ -222,6 +223,7 @@ def test_add_keeps_passing_envs_records_failures_widens_bounds_and_writes_a_plug
     assert spec.ranking_envs == ["Drifting-v0"]
     readme = (result.root / "README.md").read_text()
     assert "| Drifting-v0 | 1 | [-1, 1] | 0 | 3 | this env |" in readme  # dim, bounds, seen
+    assert "`ldm-envs add 'fake-lib>=0'` took" in readme  # quoted as a shell takes it
     assert "| Raises-v0 | cannot be made, reset or stepped:" in readme
     assert "What to edit next" not in readme
     for name in ("pyproject.toml", RECORD, "tests/test_fake_lib.py"):
@@ -405,6 +407,8 @@ def test_add_a_real_library_into_a_workspace_and_the_refusals(tmp_path):
     record = json.loads((root / RECORD).read_text())
     assert record["options"]["include"] == ["CartPole*"]
     assert EnvLibrarySpec.model_validate(record["generated"]).env_ids == spec.env_ids
+    readme = (root / "README.md").read_text()
+    assert "`ldm-envs add gymnasium --include 'CartPole*' --name cartpoles` took" in readme
 
 
 def test_a_dim_widened_in_one_env_is_widened_in_its_layout_siblings():
@@ -496,3 +500,56 @@ def test_the_generated_glue_registers_the_class_and_builds_object_kwargs(tmp_pat
     report = check_library(spec, get_backend("inprocess"), steps=30, num_envs=1)
     assert report.ok, report.envs[0].problems
     assert report.envs[0].episodes == 10  # length 3: the object the kwarg built was used
+
+
+class _Pixels(__import__("gymnasium").Env):
+    """Screen-like observations: what gym-super-mario-bros gives (240x256x3), smaller."""
+
+    def __init__(self):
+        import gymnasium
+
+        self.observation_space = gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+        self.action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.np_random.integers(0, 256, (64, 64, 3), dtype=np.uint8), {}
+
+    def step(self, action):
+        obs = self.np_random.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        return obs, 0.0, False, False, {}
+
+
+@pytest.fixture
+def pixels_env():
+    import gymnasium
+
+    gymnasium.register(id="LdmAddPixels-v0", entry_point=_Pixels)
+    yield "LdmAddPixels-v0"
+    del gymnasium.registry["LdmAddPixels-v0"]
+
+
+def test_random_steps_of_an_image_env_keep_no_rows(pixels_env):
+    """The seen range is kept as running extremes: 2 x 300 image rows were 59 MB as float64."""
+    import tracemalloc
+
+    spec = parse_manifest(
+        {
+            "name": "pixels",
+            "version": "0.1.0",
+            "environment": {"requirements": ["gymnasium"]},
+            "envs": [{"id": pixels_env}],
+        },
+        "pixels",
+    )
+    backend = get_backend("inprocess")
+    trial = probe_spaces(spec, backend, [pixels_env])[pixels_env]
+    assert trial.ok and trial.observation.is_image
+    tracemalloc.start()
+    try:
+        roll_out(spec, spec.env(pixels_env), backend, trial, steps=300, min_steps_per_second=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert trial.ok and trial.steps_per_second > 0 and not trial.widened
+    assert peak < 10 * 2**20, f"{peak / 2**20:.0f} MB at peak"

@@ -138,3 +138,54 @@ def test_episode_limit_is_enforced_by_the_worker(legacy_gym):
     group.handle({"cmd": "step"}, [np.array([0])])
     _, out = group.handle({"cmd": "step"}, [np.array([0])])
     assert out[1][2].tolist() == [1] and out[1][1].tolist() == [0]
+
+
+_GYM26_NAMES = ("TimeLimit", "OrderEnforcing", "PassiveEnvChecker")
+
+
+class _Gym26Wrapper:
+    """Stands for one of the wrappers gym 0.26's make() adds: it unpacks the 0.26 step."""
+
+    def __init__(self, env, max_episode_steps=None):
+        self.env, self._max_episode_steps = env, max_episode_steps
+        self.observation_space, self.action_space = env.observation_space, env.action_space
+
+    def reset(self, **kwargs):
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, info
+
+    def close(self):
+        self.env.close()
+
+
+@pytest.fixture
+def gym26_with_legacy_env(monkeypatch):
+    """gym 0.26 whose make() wraps a library env that still speaks 0.21 (nes-py 8)."""
+    wrappers = {n: type(n, (_Gym26Wrapper,), {}) for n in _GYM26_NAMES}
+
+    def make(gym_id, **kw):
+        env = wrappers["PassiveEnvChecker"](_LegacyEnv(horizon=50, **kw))
+        return wrappers["TimeLimit"](wrappers["OrderEnforcing"](env), max_episode_steps=4)
+
+    module = types.ModuleType("gym")
+    module.__version__ = "0.26.2"
+    module.make = make
+    monkeypatch.setitem(sys.modules, "gym", module)
+    return module
+
+
+def test_gym21_library_under_gym26_loses_the_new_api_wrappers(gym26_with_legacy_env):
+    """Its 4-value steps adapt as for gym 0.21; the registered limit (4) still truncates."""
+    group = EnvGroup()
+    group.handle(make_request(n=1), [])
+    _, (obs,) = group.handle({"cmd": "reset", "seeds": [5]}, [])
+    assert obs[0, 0] == 5  # seeded through env.seed(), under the peeled wrappers
+    for _ in range(3):
+        _, out = group.handle({"cmd": "step"}, [np.array([0])])
+        assert out[1][1:].tolist() == [[0], [0]]
+    reply, out = group.handle({"cmd": "step"}, [np.array([0])])
+    assert out[1][2].tolist() == [1] and out[1][1].tolist() == [0]
+    assert reply["final_infos"]["0"]["episode"] == {"r": 4.0, "l": 4}

@@ -318,6 +318,7 @@ def add(
     ] = True,
 ) -> None:
     """From pip requirements to a checked plugin: build, discover, probe, write, register."""
+    import shlex
     import sys
 
     from ldm_envs.add import AddOptions, add_library
@@ -351,7 +352,7 @@ def add(
         options,
         dest_root=out,
         console=err,
-        command="ldm-envs " + " ".join(sys.argv[1:]) if sys.argv[1:] else "",
+        command="ldm-envs " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "",
     )
     verb = "created" if result.created else "updated"
     console.print(

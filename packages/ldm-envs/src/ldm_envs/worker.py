@@ -382,6 +382,10 @@ def _jsonable(value, depth=0):
     return repr(value)
 
 
+#: What gym 0.26's make() wraps every env in; each expects the 0.26 step (5 values).
+_GYM26_MAKE_WRAPPERS = ("TimeLimit", "OrderEnforcing", "PassiveEnvChecker")
+
+
 class HostedEnv(object):
     """One env plus the adapters that make it speak Gymnasium semantics."""
 
@@ -411,11 +415,32 @@ class HostedEnv(object):
         if seed is not None and self.seed_kwarg:
             kwargs[self.seed_kwarg] = int(seed)
         env = self.gym.make(self.request["gym_id"], **kwargs)
+        if self.api == "gym21":
+            env = self._peel_new_api_wrappers(env)
         for target in self.request.get("wrappers") or []:
             if isinstance(target, dict):  # {"name": "module:Class", "kwargs": {...}}
                 env = _import_target(target["name"])(env, **(target.get("kwargs") or {}))
             else:
                 env = _import_target(target)(env)
+        return env
+
+    def _peel_new_api_wrappers(self, env):
+        """Unwrap what gym 0.26's make() adds, for a library that still speaks 0.21 under it.
+
+        nes-py 8 (gym-super-mario-bros) steps with 4 values while gym 0.26's TimeLimit unpacks
+        5, so its envs fail at their first step; the worker enforces episode limits itself (a
+        registered one is kept) and adapts `done`, so nothing is lost. Gym 0.21's own wrappers
+        speak 0.21 and stay (its TimeLimit sets the `TimeLimit.truncated` read in `step`).
+        """
+        version = getattr(self.gym, "__version__", "0")
+        try:
+            major_minor = tuple(int(part) for part in version.split(".")[:2])
+        except ValueError:
+            return env
+        while major_minor >= (0, 26) and type(env).__name__ in _GYM26_MAKE_WRAPPERS:
+            if type(env).__name__ == "TimeLimit" and not self.max_steps:
+                self.max_steps = getattr(env, "_max_episode_steps", None)
+            env = env.env
         return env
 
     def spaces(self):

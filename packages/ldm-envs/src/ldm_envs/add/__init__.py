@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import shlex
 import shutil
 import tempfile
 import time
@@ -175,7 +176,7 @@ def add_library(
         raise AddError("give at least one requirement, e.g. `ldm-envs add panda-gym`")
     name = options.name or library_name(requirements[0])
     backend_obj = get_backend(backend) if isinstance(backend, str) else backend
-    command = command or "ldm-envs add " + " ".join(requirements)
+    command = command or "ldm-envs add " + shlex.join(requirements)  # as a shell takes it
 
     # 1. resolve (refusing with the resolver's log), then build the venv from the pins
     pinned = list(requirements)

@@ -123,6 +123,25 @@ def widened_bounds(space: BoxSpace, widened: list[Widened]) -> ObservationBounds
     )
 
 
+class _Seen:
+    """The range of each observation dim over the random steps, and whether a NaN showed.
+
+    Kept as running extremes, not the rows: a 240x256x3 image (gym-super-mario-bros) over
+    2 x 1000 steps would hold 3 GB as float64.
+    """
+
+    def __init__(self, batch: np.ndarray) -> None:
+        rows = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
+        self.nan = bool(np.isnan(rows).any())
+        self.low, self.high = rows.min(axis=0), rows.max(axis=0)
+
+    def add(self, batch: np.ndarray) -> None:
+        rows = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
+        self.nan = self.nan or bool(np.isnan(rows).any())
+        np.minimum(self.low, rows.min(axis=0), out=self.low)
+        np.maximum(self.high, rows.max(axis=0), out=self.high)
+
+
 def roll_out(
     spec: EnvLibrarySpec,
     env: EnvSpec,
@@ -145,7 +164,7 @@ def roll_out(
             action_space.seed(seed)
             obs, _ = pool.reset(seed=seed)
             box = pool.observation_spaces[0]
-            rows = [np.asarray(o, dtype=np.float64).ravel() for o in obs]
+            seen = _Seen(obs)
             start = time.perf_counter()
             for _ in range(steps):
                 r = pool.step(np.stack([action_space.sample() for _ in range(copies)]))
@@ -153,18 +172,17 @@ def roll_out(
                     trial.cause = f"non-finite reward {r.rewards.tolist()} in random steps"
                     return trial
                 trial.episodes += int(np.sum(r.terminated | r.truncated))
-                rows += [np.asarray(o, dtype=np.float64).ravel() for o in r.obs]
+                seen.add(r.obs)
             elapsed = max(time.perf_counter() - start, 1e-9)
             trial.steps_per_second = round(steps * copies / elapsed, 1)
     except (WorkerError, LDMEnvsError) as exc:
         trial.cause = f"failed in random steps: {_first_line(str(exc))}"
         return trial
-    seen = np.stack(rows)
-    if np.isnan(seen).any():
+    if seen.nan:
         trial.cause = "observations hold NaN in random steps"
         return trial
     if isinstance(box, BoxSpace) and not box.is_image:
-        seen_min, seen_max = seen.min(axis=0), seen.max(axis=0)
+        seen_min, seen_max = seen.low, seen.high
         if bound_violations(box, seen_min) or bound_violations(box, seen_max):
             trial.widened = _widen(box, seen_min, seen_max)
     if trial.steps_per_second < min_steps_per_second:
