@@ -93,6 +93,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "python",
                 "random-episodes",
                 "rank-budget",
+                "ranking",  # `ldm-envs check --ranking`: only the ranking subset
                 "repair",
                 "resamples",
                 "retries",

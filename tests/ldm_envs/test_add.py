@@ -329,6 +329,9 @@ def test_the_ranking_subset_covers_each_space_kind_fastest_first():
     ]
     # a new observation space first (however slow), then a new pair, then the fastest
     assert choose_ranking_subset(trials) == ["D0-v0", "Wide-v0", "C-v0", "D1-v0", "D2-v0"]
+    # a re-run keeps the plugin's subset (speeds are noisy), drops what fails now, fills up
+    kept = choose_ranking_subset(trials, keep=["D5-v0", "Bad-v0", "D4-v0"])
+    assert kept == ["D5-v0", "D4-v0", "Wide-v0", "C-v0", "D0-v0"]
 
 
 # --- real libraries from the index, through a venv ----------------------------------------------

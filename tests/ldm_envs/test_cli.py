@@ -2,6 +2,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ldm_envs.cli import app
+from ldm_envs.plugins import registry
 
 runner = CliRunner()
 
@@ -40,6 +41,20 @@ def test_check_reports_each_env_and_fails_on_a_broken_one():
     listed = " ".join(runner.invoke(app, ["list"]).output.split())
     assert "check 3/4 ok" in listed
     assert "toy Unmakeable-v0 fails through venv:" in listed and "no_such_argument" in listed
+
+
+def test_check_ranking_steps_only_the_ranking_subset(monkeypatch):
+    reg = registry()
+    toy = reg.get("toy")
+    narrowed = toy.model_copy(update={"ranking_subset": ["Pendulum-v1", "CartPole-v1"]})
+    monkeypatch.setattr(reg, "get", lambda name: narrowed if name == "toy" else toy)
+    result = runner.invoke(app, ["check", "toy", "--steps", "10", "--ranking"])
+    assert result.exit_code == 0, result.output
+    assert "ok Pendulum-v1" in result.output and "ok CartPole-v1" in result.output
+    assert "Unmakeable-v0" not in result.output and "2/2 envs passed" in result.output
+    result = runner.invoke(app, ["check", "toy", "--ranking", "--env", "CartPole-v1"])
+    assert result.exit_code == 1
+    assert "give --ranking or --env, not both" in result.output
 
 
 def test_probe_dry_run_prints_spaces_from_the_library():

@@ -381,9 +381,18 @@ def check(
     *,
     config: ProbeConfig,
     env: Annotated[list[str] | None, typer.Option(help="only these env ids")] = None,
+    ranking: Annotated[
+        bool, typer.Option("--ranking", help="only the ranking subset (the envs `run` ranks on)")
+    ] = False,
 ) -> None:
     """Random rollouts of every declared env, verifying spaces against what comes back."""
     spec = registry().get(library)
+    if ranking and env:
+        raise LDMEnvsError("give --ranking or --env, not both")
+    if ranking:
+        # The ranking subset is what every pipeline run steps first; checking it alone is the
+        # cheap gate for a slow backend (docker) without copying five env ids by hand.
+        env = spec.ranking_envs
     backend_obj = get_backend(backend, console=err)
 
     console.print(f"checking [bold]{library}[/] through [bold]{backend}[/]")

@@ -332,20 +332,21 @@ def _add(
         raise AddError(f"every env of {name} failed (nothing was written):\n{causes}")
 
     # 4. the manifest, merged with the hand edits of an existing plugin
+    root = plugin_dir(name, dest_root)
+    manifest_path = root / "src" / module_name(name) / "manifest.yaml"
+    created = not root.exists()
+    current = read_manifest(manifest_path, name) if manifest_path.exists() else None
+    kept_subset = current.ranking_subset if current is not None else []
     generated = base.model_copy(
         update={
             "description": f"{name} envs, added by `ldm-envs add`.",
             "requires_core": _core_range(),
             "envs": [envs[t.env_id] for t in passing],
             "excluded": {t.env_id: t.cause for t in trials.values() if not t.ok},
-            "ranking_subset": choose_ranking_subset(list(trials.values())),
+            "ranking_subset": choose_ranking_subset(list(trials.values()), keep=kept_subset),
         }
     )
     generated = EnvLibrarySpec.model_validate(generated.model_dump()).located_at(staging)
-    root = plugin_dir(name, dest_root)
-    manifest_path = root / "src" / module_name(name) / "manifest.yaml"
-    created = not root.exists()
-    current = read_manifest(manifest_path, name) if manifest_path.exists() else None
     final = merge_manifest(generated, read_record(root), current)
 
     # 5. write, register

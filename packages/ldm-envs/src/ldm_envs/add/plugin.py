@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,20 @@ def _describe(space: object) -> str:
     return space.describe() if space is not None else "?"  # type: ignore[attr-defined]
 
 
-def choose_ranking_subset(trials: list[EnvTrial]) -> list[str]:
+def choose_ranking_subset(trials: list[EnvTrial], keep: Sequence[str] = ()) -> list[str]:
     """Five passing envs, diverse and fast.
 
     Fastest first within each of three passes: one env per observation space (kind and
     shape), then one per new (observation, action) pair, then the fastest of the rest.
     Ranking trains every candidate on these, so speed pays many times over.
+
+    `keep` (the subset of the plugin being updated) stays, minus envs that fail now: random
+    steps/s vary 3-4x between runs on a shared machine, and a reshuffled subset would
+    make the rankings already run on the old one stale for no change in the library.
     """
     fastest = sorted((t for t in trials if t.ok), key=lambda t: -t.steps_per_second)
-    subset: list[str] = []
+    passing = {t.env_id for t in fastest}
+    subset = [e for e in dict.fromkeys(keep) if e in passing][:RANKING_SUBSET_SIZE]
     for key in (
         lambda t: _describe(t.observation),
         lambda t: f"{_describe(t.observation)} -> {_describe(t.action)}",
