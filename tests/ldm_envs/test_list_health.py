@@ -182,3 +182,22 @@ def test_ages_read_short():
     assert ago(datetime(2026, 1, 1, 23, 59, 30, tzinfo=timezone.utc), now) == "30s ago"
     assert ago(datetime(2026, 1, 1, 21, tzinfo=timezone.utc), now) == "3h ago"
     assert ago(datetime(2025, 12, 30, tzinfo=timezone.utc), now) == "3d ago"
+
+
+def test_a_check_of_some_envs_updates_theirs_and_keeps_the_others():
+    full = runner.invoke(app, ["check", "toy", "--steps", "10"])
+    assert full.exit_code == 1  # Unmakeable-v0 fails on purpose
+    before = last_check("toy", "venv")
+    assert before is not None and len(before.envs) == 4
+
+    again = runner.invoke(app, ["check", "toy", "--steps", "10", "--env", "CartPole-v1"])
+    assert again.exit_code == 0, again.output
+    after = last_check("toy", "venv")
+    assert after is not None and after.when > before.when
+    assert [e.env_id for e in after.envs] == [e.env_id for e in before.envs]
+    by_id = {e.env_id: e for e in after.envs}
+    old = {e.env_id: e for e in before.envs}
+    assert by_id["CartPole-v1"] != old["CartPole-v1"]  # re-checked: a new measurement
+    assert all(by_id[k] == old[k] for k in old if k != "CartPole-v1")
+    assert not after.ok  # Unmakeable-v0's failure is still the latest word on it
+    assert "check 3/4 ok" in _flat("-l", "toy")

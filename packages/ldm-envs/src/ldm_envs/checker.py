@@ -165,7 +165,12 @@ def check_library(
     num_envs: int = 2,
     on_env: Callable[[EnvCheck], None] | None = None,
 ) -> LibraryCheck:
-    """Check every declared env (or `env_ids`) and save the result under the data home."""
+    """Check every declared env (or `env_ids`) and save the result under the data home.
+
+    The saved record holds each env's latest check: a check of some envs (`--env`,
+    `--ranking`) replaces theirs and keeps the others' earlier results, for envs still
+    declared, so `ldm-envs list` shows a docker check of the ranking subset too.
+    """
     start = time.time()
     backend.prepare(spec)
     results = []
@@ -182,15 +187,22 @@ def check_library(
         envs=results,
         when=start,
     )
-    if env_ids is None:
-        atomic_write_text(
-            checks_dir() / f"{spec.name}-{backend.name}.json", report.model_dump_json(indent=2)
-        )
+    saved = report
+    previous = last_check(spec.name, backend.name) if env_ids is not None else None
+    if previous is not None:
+        rechecked = {r.env_id for r in results}
+        order = {env_id: i for i, env_id in enumerate(spec.env_ids)}
+        kept = [e for e in previous.envs if e.env_id in order and e.env_id not in rechecked]
+        envs = sorted(kept + results, key=lambda e: order.get(e.env_id, len(order)))
+        saved = report.model_copy(update={"envs": envs, "ok": all(e.ok for e in envs)})
+    atomic_write_text(
+        checks_dir() / f"{spec.name}-{backend.name}.json", saved.model_dump_json(indent=2)
+    )
     return report
 
 
 def last_check(library: str, backend: str) -> LibraryCheck | None:
-    """The saved result of the last full check, if any."""
+    """The saved latest check of each env of `library` through `backend`, if any."""
     path = checks_dir() / f"{library}-{backend}.json"
     if not path.exists():
         return None
