@@ -148,3 +148,13 @@ def test_local_root_is_the_identity(tmp_path: Path) -> None:
     assert root.read_bytes("runs/x.json") == b"{}"
     with pytest.raises(StoreError, match="not found"):
         root.pull("shards/none")
+
+
+def test_list_folders(s3root: DataRoot, tmp_path: Path) -> None:
+    s3root.publish_bytes(b"1", "runs/ranking/lib/EnvA/r.json")
+    s3root.publish_bytes(b"2", "runs/ranking/lib/EnvB/r.json")
+    assert s3root.list_folders("runs/ranking/lib") == ["EnvA", "EnvB"]
+    assert s3root.list_folders("runs/reference/lib") == []
+    local = DataRoot.parse(tmp_path)
+    local.publish_bytes(b"1", "runs/x/EnvA/r.json")
+    assert local.list_folders("runs/x") == ["EnvA"]

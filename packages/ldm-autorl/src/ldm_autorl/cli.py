@@ -16,7 +16,7 @@ from ldm_autorl.config import AutoRLConfig
 from ldm_envs.cli_app import make_app
 from ldm_envs.cli_options import config_options, field_option
 from ldm_envs.console import make_console
-from ldm_envs.errors import LDMEnvsError
+from ldm_envs.errors import BadInputError, LDMEnvsError
 from ldm_envs.plugins import get_library
 
 app = make_app(
@@ -30,8 +30,13 @@ console = make_console()
 err = make_console(stderr=True)
 
 DatasetOpt = Annotated[
-    Path | None,
-    typer.Option("--dataset", "-d", help="dataset root (default <data home>/autorl)"),
+    str | None,
+    typer.Option(
+        "--dataset",
+        "-d",
+        help="dataset root: a folder (default <data home>/autorl), or for rank, train and "
+        "filter a store URL (s3://bucket/prefix, gs://..., file://...)",
+    ),
 ]
 BACKEND = field_option("backend", "--backend", "-b")
 SEEDS = field_option("seeds", "--seed")
@@ -41,8 +46,21 @@ ENVS = field_option("envs", "--env")
 EXECUTION = ("executor", "address", "parallel")
 
 
-def _root(root: Path | None) -> Path:
-    return root or layout.default_root()
+def _root(root: str | None) -> Path:
+    """A local dataset root; the commands that read it in place refuse a store URL."""
+    if root is None:
+        return layout.default_root()
+    if "://" in root and not root.startswith("file://"):
+        raise BadInputError(
+            "--dataset",
+            f"{root}: this command needs a local folder (rank, train, filter take URLs)",
+        )
+    return Path(root.removeprefix("file://")).expanduser()
+
+
+def _stage_root(root: str | None) -> Path | str:
+    """A stage's root: a local folder or a store URL (`ldm_autorl.remote`)."""
+    return root if root and "://" in root else _root(root)
 
 
 def _check_options(
@@ -230,7 +248,7 @@ def rank(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> N
     table, outcome = pipeline.rank(
         library,
         executor=_executor(config),
-        root=_root(dataset),
+        root=_stage_root(dataset),
         budget=config.rank_budget,
         seeds=config.seeds,
         candidates=config.candidates,
@@ -259,7 +277,7 @@ def train(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> 
     outcome = pipeline.train(
         library,
         executor=_executor(config),
-        root=_root(dataset),
+        root=_stage_root(dataset),
         top_n=config.top_n,
         budget=config.train_budget,
         seeds=config.seeds,
@@ -285,7 +303,7 @@ def filter_(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -
     """
     table = pipeline.filter_runs(
         library,
-        root=_root(dataset),
+        root=_stage_root(dataset),
         backend=config.backend,
         random_episodes=config.random_episodes,
     )
@@ -460,7 +478,7 @@ def run(library: str, *, config: AutoRLConfig, dataset: DatasetOpt = None) -> No
     Ranking always uses the library's 5-env ranking subset; `--env` narrows the reference runs
     (a library of 57 Atari games at a smoke-test budget, say).
     """
-    data_root = _root(dataset)
+    data_root = _stage_root(dataset)
     ex = _executor(config)
     spec = get_library(library)
     for env_id in config.envs or []:  # a typo in --env fails now, not after the whole ranking

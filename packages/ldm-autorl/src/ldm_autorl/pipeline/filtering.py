@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 
-from ldm_autorl import layout, verify
+from ldm_autorl import layout, remote, verify
 from ldm_autorl.jobs import RunResult, load_result
 from ldm_autorl.pipeline.stages import _warn
 from ldm_autorl.random_baseline import DEFAULT_EPISODES as DEFAULT_RANDOM_EPISODES
@@ -22,6 +22,7 @@ from ldm_envs.dataset.index import write_index
 from ldm_envs.dataset.shards import write_decision
 from ldm_envs.locks import stage_lock
 from ldm_envs.plugins import get_library
+from ldm_envs.store import DataRoot
 
 
 class ZooComparison(BaseModel):
@@ -76,7 +77,7 @@ def _random_mean(
 def filter_runs(
     library: str,
     *,
-    root: Path,
+    root: Path | str | DataRoot,
     backend: str = "venv",
     random_episodes: int = DEFAULT_RANDOM_EPISODES,
     console: Console | None = None,
@@ -96,10 +97,16 @@ def filter_runs(
     Raises:
         StageBusyError: another process is filtering this library under `root`.
     """
+    root, store = remote.open_root(root)
+    if store is not None:
+        remote.pull_for_filter(store, root, library)
     with stage_lock(root, library, "filter"):
-        return _filter_runs(
+        table = _filter_runs(
             library, root=root, backend=backend, random_episodes=random_episodes, console=console
         )
+    if store is not None:
+        remote.publish_filter(store, root, library)
+    return table
 
 
 def _filter_runs(

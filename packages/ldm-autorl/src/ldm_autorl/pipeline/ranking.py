@@ -12,7 +12,7 @@ import polars as pl
 from rich.console import Console
 from rich.markup import escape
 
-from ldm_autorl import layout
+from ldm_autorl import layout, remote
 from ldm_autorl.candidates import CandidateConfig
 from ldm_autorl.config import AutoRLConfig
 from ldm_autorl.executors import Executor
@@ -30,6 +30,7 @@ from ldm_autorl.stats import rank_candidates, window
 from ldm_envs import tracking
 from ldm_envs.manifest import EnvLibrarySpec, atomic_write_text
 from ldm_envs.plugins import get_library
+from ldm_envs.store import DataRoot
 
 #: The stage config's default (`AutoRLConfig.rank_budget`).
 DEFAULT_RANK_BUDGET: int = AutoRLConfig.model_fields["rank_budget"].default
@@ -39,7 +40,7 @@ def rank(
     library: str,
     *,
     executor: Executor,
-    root: Path,
+    root: Path | str | DataRoot,
     budget: int = DEFAULT_RANK_BUDGET,
     seeds: Sequence[int] = (0,),
     candidates: Sequence[str] | None = None,
@@ -61,8 +62,11 @@ def rank(
     """
     _check_stage_inputs(budget=budget, backend=backend, max_restarts=max_restarts)
     console = console or Console()
+    root, store = remote.open_root(root)
     spec = get_library(library)
     pairs = compatible_pairs(spec, spec.ranking_envs, _candidates(candidates))
+    if store is not None:
+        remote.pull_records(store, root, library, ["ranking"])
     with stage_parent(
         "ranking", library, root=root, budget=budget, name=f"ranking {library}"
     ) as parent:
@@ -85,6 +89,7 @@ def rank(
             root=root,
             record=False,
             backend=backend,
+            store=store.url if store else None,
             timeout_s=timeout_s,
             max_restarts=max_restarts,
         )
@@ -123,6 +128,8 @@ def rank(
             indent=2,
         ),
     )
+    if store is not None:
+        remote.publish_ranking(store, root, library)
     return table, outcome
 
 

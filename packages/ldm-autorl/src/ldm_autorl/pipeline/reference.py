@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from ldm_autorl import verify
+from ldm_autorl import remote, verify
 from ldm_autorl.candidates import CandidateConfig
 from ldm_autorl.config import AutoRLConfig
 from ldm_autorl.errors import EmptyRankingError
@@ -37,6 +37,7 @@ from ldm_autorl.pipeline.stages import (
 )
 from ldm_envs import tracking
 from ldm_envs.plugins import get_library
+from ldm_envs.store import DataRoot
 
 MAX_ENVS_PER_LIBRARY = 250
 #: The stage config's default (`AutoRLConfig.train_budget`).
@@ -47,7 +48,7 @@ def train(
     library: str,
     *,
     executor: Executor,
-    root: Path,
+    root: Path | str | DataRoot,
     top_n: int = 3,
     budget: int = DEFAULT_TRAIN_BUDGET,
     seeds: Sequence[int] = (0,),
@@ -67,7 +68,10 @@ def train(
     """
     _check_stage_inputs(budget=budget, backend=backend, top_n=top_n, max_restarts=max_restarts)
     console = console or Console()
+    root, store = remote.open_root(root)
     spec = get_library(library)
+    if store is not None:
+        remote.pull_records(store, root, library, ["reference"])
     names = load_ranking(root, library)
     if not names:
         raise EmptyRankingError(
@@ -76,7 +80,8 @@ def train(
             f"(`ldm-autorl rank {library} --budget N`)"
         )
     ranked = _candidates(names)
-    verify.reconcile(root, say=_warn(console))  # runs that lost shards are to do again
+    if store is None:  # a published record's shards were published before it
+        verify.reconcile(root, say=_warn(console))  # runs that lost shards are to do again
     envs = list(env_ids or spec.env_ids)[:max_envs]
     pairs = []
     for env_id in envs:
@@ -104,6 +109,7 @@ def train(
             root=root,
             record=True,
             backend=backend,
+            store=store.url if store else None,
             timeout_s=timeout_s,
             max_restarts=max_restarts,
         )

@@ -21,6 +21,7 @@ from ldm_autorl.candidates import CandidateConfig, compatibility
 from ldm_autorl.candidates import registry as candidate_registry
 from ldm_autorl.executors import Executor, TaskResult, TaskSpec
 from ldm_autorl.jobs import MAX_WORKER_RESTARTS, RunResult, load_result, run_kwargs
+from ldm_autorl.remote import STORE_TASK_TARGET
 from ldm_envs import tracking
 from ldm_envs.backends import check_backend
 from ldm_envs.inputs import require_at_least, require_positive
@@ -83,6 +84,7 @@ def _plan(
     parent_run_id: str | None,
     timeout_s: float,
     max_restarts: int = MAX_WORKER_RESTARTS,
+    store: str | None = None,
 ) -> tuple[list[TaskSpec], list[RunResult]]:
     tasks: list[TaskSpec] = []
     done: list[RunResult] = []
@@ -94,11 +96,14 @@ def _plan(
             if finished is not None:
                 done.append(finished)
                 continue
+            # on a remote root (`ldm_autorl.remote`) the task publishes what it wrote
+            remote = {"store": store} if store else {}
             tasks.append(
                 TaskSpec(
                     key=rid.key(stage),
-                    target=TASK_TARGET,
+                    target=STORE_TASK_TARGET if store else TASK_TARGET,
                     kwargs={
+                        **remote,
                         **run_kwargs(stage, rid),
                         "root": str(root),
                         "record": record,

@@ -235,6 +235,28 @@ class DataRoot(BaseModel):
             if n.endswith(MARKER_SUFFIX) and not _hidden(n)
         )
 
+    def list_folders(self, prefix: str) -> builtins.list[str]:
+        """The names of the folders directly under `prefix` (env folders holding entries)."""
+        prefix = _clean(prefix, self.url)
+        if self.is_local:
+            here = self.path / prefix
+            if not here.is_dir():
+                return []
+            return sorted(p.name for p in here.iterdir() if p.is_dir() and not _hidden(p.name))
+        fs, _ = self._filesystem()
+        with self._failing_as("list", prefix):
+            fs.invalidate_cache()
+            try:
+                found = fs.ls(self._remote(prefix), detail=True)
+            except FileNotFoundError:
+                return []
+        names = [
+            str(e["name"]).rstrip("/").rsplit("/", 1)[-1]
+            for e in found
+            if e.get("type") == "directory"
+        ]
+        return sorted(n for n in names if not _hidden(n))
+
     def pull(self, rel: str, cache_dir: Path | None = None, *, keep: Iterable[Path] = ()) -> Path:
         """A local path holding the published entry `rel` (a file or a folder).
 
