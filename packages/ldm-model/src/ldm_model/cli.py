@@ -73,7 +73,7 @@ def _no_clip(value: float) -> float | None:
 @config_options(
     TrainConfig,
     field_option("model", "--model", "-m", type=str, parse=_model_arg),
-    field_option("data_root", "--dataset", "-d"),
+    field_option("data_root", "--dataset", "-d", type=str),
     field_option("libraries", "--library", "-l", type=list[str] | None),
     field_option("env_ids", "--env", type=list[str] | None),
     field_option("weighting", type=str),
@@ -91,6 +91,7 @@ def _no_clip(value: float) -> float | None:
     field_option("num_workers", "--loader-workers"),
     "micro_batch",
     "device",
+    "store_cache_gb",
     field_option("fused_adamw", "--fused-adamw/--no-fused-adamw", show_default=False),
     field_option("attention", type=str),
     field_option("compile", "--compile/--no-compile"),

@@ -58,6 +58,7 @@ from ldm_model.batch import Batch
 from ldm_model.data.fill import OpenShard, fill_window, layout_of, raw_image
 from ldm_model.data.integrity import corrupt_shard, missing_shard, stale_shard
 from ldm_model.data.packed import PackedBatch, RawImages
+from ldm_model.data.store_cache import open_store, pull_index, pull_shards
 from ldm_model.data.weighting import WEIGHTINGS, Weighting, run_probabilities
 from ldm_model.tokenizer import (
     ACT_DIMS,
@@ -135,6 +136,7 @@ class WindowSampler:
         seed: int = 0,
         max_open_shards: int = 256,
         check_shards: bool = True,
+        cache_bytes: int | None = None,
     ) -> None:
         if context < 1:
             raise ValueError(f"context must be at least 1, got {context}")
@@ -144,7 +146,12 @@ class WindowSampler:
             raise ValueError(f"seed must be non-negative, got {seed}")
         if max_open_shards < 1:
             raise ValueError(f"max_open_shards must be at least 1, got {max_open_shards}")
-        self.root = Path(root) if root is not None else dataset_root()
+        #: a store URL (`ldm_envs.store`) is read through a bounded local cache (`store_cache`)
+        self.store = open_store(root, cache_bytes) if root is not None else None
+        if self.store is not None:
+            self.root = pull_index(self.store)
+        else:
+            self.root = Path(root) if root is not None else dataset_root()
         self.context = int(context)
         self.weighting: Weighting = weighting
         self.seed = int(seed)
@@ -156,6 +163,8 @@ class WindowSampler:
         self._open: OrderedDict[int, OpenShard] = OrderedDict()
         runs, _ = read_index(self.root)
         runs = self._select(runs, libraries, env_ids)
+        if self.store is not None:
+            pull_shards(self.store, self.root, runs["shard_path"].to_list())
         self._setup(runs)
         for path in self._paths:  # a stat each: a deleted shard fails now, not at some step
             if not (self.root / path).exists():

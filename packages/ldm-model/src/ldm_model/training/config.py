@@ -52,6 +52,7 @@ EXECUTION_FIELDS: frozenset[str] = frozenset(
         "attention",
         "compile",
         "parallel",
+        "store_cache_gb",
     }
 )
 #: Fields that may change between a run and its resumption besides the execution ones.
@@ -72,8 +73,15 @@ class TrainConfig(BaseModel):
         default="tiny",
         description="named config (`ldm-model list`) or a ModelConfig JSON file",
     )
-    data_root: Path | None = Field(
-        default=None, description="dataset root (default <data home>/autorl)"
+    data_root: Path | str | None = Field(
+        default=None,
+        description="dataset root: a folder (default <data home>/autorl) or a store URL "
+        "(s3://bucket/prefix, gs://...; its shards are pulled into a bounded local cache)",
+    )
+    store_cache_gb: float = Field(
+        default=20.0,
+        gt=0,
+        description="bound of the local cache of a store URL's shards, in GB",
     )
     libraries: tuple[str, ...] | None = Field(
         default=None, description="only this library (repeatable)"
@@ -170,6 +178,16 @@ class TrainConfig(BaseModel):
                 raise ValueError(exc.args[0]) from None
         return value
 
+    @field_validator("data_root", mode="after")
+    @classmethod
+    def _root(cls, value: Path | str | None) -> Path | str | None:
+        """A store URL stays a string (a Path would fold `s3://` into `s3:/`), a folder a Path."""
+        if value is None or isinstance(value, Path):
+            return value
+        if "://" in value and not value.startswith("file://"):
+            return value.rstrip("/")
+        return Path(value.removeprefix("file://"))
+
     @field_validator("libraries", "env_ids", mode="before")
     @classmethod
     def _names(cls, value: Any) -> Any:
@@ -221,7 +239,8 @@ class TrainConfig(BaseModel):
         skip = set(EXECUTION_FIELDS) | (set() if with_steps else set(EXTENSIBLE_FIELDS))
         data = self.model_dump(mode="json", exclude=skip)
         data["model"] = self.resolved_model().model_dump(mode="json")
-        data["data_root"] = str(self.data_root.expanduser().resolve()) if self.data_root else None
+        root = self.data_root
+        data["data_root"] = str(root.expanduser().resolve()) if isinstance(root, Path) else root
         return data
 
     def run_key(self) -> str:

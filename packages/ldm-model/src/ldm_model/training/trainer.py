@@ -167,6 +167,7 @@ class Trainer:
                 libraries=config.libraries,
                 env_ids=config.env_ids,
                 seed=config.seed,
+                cache_bytes=int(config.store_cache_gb * 1e9),
             )
         except FileNotFoundError as exc:
             raise TrainingError(
