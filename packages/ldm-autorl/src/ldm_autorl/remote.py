@@ -118,12 +118,12 @@ def pull_for_filter(store: DataRoot, mirror: Path, library: str) -> int:
     pull_records(store, mirror, library, ["reference"])
     unbounded = store.model_copy(update={"cache_bytes": 2**62})
     for rel in store.list(f"random/{library}"):
-        unbounded.pull(rel, mirror)
+        unbounded.pull(rel, mirror, evict_after=False)
     count = 0
     for lib in store.list_folders("shards"):
         for env in store.list_folders(f"shards/{lib}"):
             for rel in store.list(f"shards/{lib}/{env}"):
-                unbounded.pull(rel, mirror)
+                unbounded.pull(rel, mirror, evict_after=False)
                 count += 1
     return count
 

@@ -14,6 +14,12 @@ completes it. `pull` copies an entry into a local cache bounded in bytes (least 
 files not in use are evicted), verifying every size against the manifest.
 """
 
-from ldm_envs.store.root import DEFAULT_CACHE_BYTES, MARKER_SUFFIX, DataRoot, StoreError
+from ldm_envs.store.root import (
+    DEFAULT_CACHE_BYTES,
+    MARKER_SUFFIX,
+    DataRoot,
+    StoreError,
+    evict,
+)
 
-__all__ = ["DEFAULT_CACHE_BYTES", "MARKER_SUFFIX", "DataRoot", "StoreError"]
+__all__ = ["DEFAULT_CACHE_BYTES", "MARKER_SUFFIX", "DataRoot", "StoreError", "evict"]

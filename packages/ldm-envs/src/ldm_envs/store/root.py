@@ -61,7 +61,7 @@ class DataRoot(BaseModel):
             return value
         text = str(value)
         scheme = text.split("://", 1)[0] if "://" in text else ""
-        if scheme not in (*_LOCAL_SCHEMES, "s3", "gs", "gcs", "memory"):
+        if scheme not in (*_LOCAL_SCHEMES, "s3", "gs", "gcs"):
             raise StoreError(
                 "parse", text, f"unknown scheme {scheme!r}: use a path, file://, s3:// or gs://"
             )
@@ -102,7 +102,10 @@ class DataRoot(BaseModel):
             except ImportError as exc:  # pragma: no cover - fsspec is a dependency
                 raise StoreError("open", self.url, f"fsspec is not installed ({exc})") from exc
             try:
-                fs, base = fsspec.core.url_to_fs(self.url, **self.storage_options)
+                # a filesystem of its own: fsspec's instance cache keys on the arguments only,
+                # so a cached one could hold an endpoint or credentials the environment changed
+                options = {"skip_instance_cache": True, **self.storage_options}
+                fs, base = fsspec.core.url_to_fs(self.url, **options)
             except ImportError as exc:
                 raise StoreError(
                     "open", self.url, f"{exc}; for s3:// install `ldm-envs[s3]`"
@@ -257,13 +260,21 @@ class DataRoot(BaseModel):
         ]
         return sorted(n for n in names if not _hidden(n))
 
-    def pull(self, rel: str, cache_dir: Path | None = None, *, keep: Iterable[Path] = ()) -> Path:
+    def pull(
+        self,
+        rel: str,
+        cache_dir: Path | None = None,
+        *,
+        keep: Iterable[Path] = (),
+        evict_after: bool = True,
+    ) -> Path:
         """A local path holding the published entry `rel` (a file or a folder).
 
         A local root returns its own path (no copy). A remote one downloads into `cache_dir`
         what the cache lacks or holds at another size, marks the entry's files as just used,
         and evicts least-recently-used files (never this entry's or `keep`'s) until the cache
-        holds at most `cache_bytes`.
+        holds at most `cache_bytes`. A caller pulling many entries at once passes
+        `evict_after=False` and calls `evict` once at the end (each eviction walks the cache).
 
         Raises:
             StoreError: `rel` is not published, a download's size differs from the manifest, or
@@ -308,7 +319,8 @@ class DataRoot(BaseModel):
                         self._url(rel),
                         f"{name or rel}: got {tmp.stat().st_size:,} bytes, manifest says {size:,}",
                     )
-        evict(Path(cache_dir), self.cache_bytes, in_use=[*used, *keep])
+        if evict_after:
+            evict(Path(cache_dir), self.cache_bytes, in_use=[*used, *keep])
         return dest
 
     def _publish_local(self, local: Path, rel: str) -> None:

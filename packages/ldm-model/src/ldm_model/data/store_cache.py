@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from ldm_envs.dataset.index import INDEX_DIR
 from ldm_envs.paths import data_home
-from ldm_envs.store import DataRoot
+from ldm_envs.store import DataRoot, evict
 from ldm_model.errors import TrainingError
 
 
@@ -47,8 +47,9 @@ def pull_shards(store: DataRoot, root: Path, shard_paths: Sequence[str]) -> int:
     folders = sorted({str(PurePosixPath(p).parent) for p in shard_paths})
     in_use: list[Path] = [p for p in (root / INDEX_DIR).rglob("*") if p.is_file()]
     for folder in folders:
-        local = store.pull(folder, root, keep=in_use)
+        local = store.pull(folder, root, evict_after=False)
         in_use += [p for p in local.rglob("*") if p.is_file()]
+    evict(root, store.cache_bytes, in_use=in_use)  # once: each eviction walks the cache
     held = sum(p.stat().st_size for p in in_use)
     if held > store.cache_bytes:
         raise TrainingError(
