@@ -130,12 +130,12 @@ class _Seen:
     2 x 1000 steps would hold 3 GB as float64.
     """
 
-    def __init__(self, batch: np.ndarray) -> None:
+    def __init__(self, batch: np.ndarray | list[np.ndarray]) -> None:
         rows = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
         self.nan = bool(np.isnan(rows).any())
         self.low, self.high = rows.min(axis=0), rows.max(axis=0)
 
-    def add(self, batch: np.ndarray) -> None:
+    def add(self, batch: np.ndarray | list[np.ndarray]) -> None:
         rows = np.asarray(batch, dtype=np.float64).reshape(len(batch), -1)
         self.nan = self.nan or bool(np.isnan(rows).any())
         np.minimum(self.low, rows.min(axis=0), out=self.low)
