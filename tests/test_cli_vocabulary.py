@@ -103,6 +103,7 @@ VOCABULARY: dict[str, frozenset[str]] = {
                 "seed",
                 "seed-kwarg",
                 "steps",
+                "store-cache-gb",  # `ldm-model train`: the bound of the store URL's local cache
                 "stop-after",
                 "tag",
                 "top-n",
