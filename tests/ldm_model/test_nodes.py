@@ -1,7 +1,8 @@
 """Training across nodes: two torchrun agents (c10d rendezvous, gloo), a lost agent, FSDP.
 
 The two "nodes" are two `torchrun` agents on this machine that meet through a c10d rendezvous
-on 127.0.0.1, as two hosts would through the first one's address. Every multi-process test
+on 127.0.0.1, as two hosts would through the first one's address; with a store URL as the
+dataset, each has its own data home, so they share nothing but the store. Every multi-process test
 compares against `train` in this process on the same config: DDP and FSDP must give its loss
 curve and its weights within float tolerance.
 """
@@ -25,6 +26,13 @@ import torch
 
 from ldm_model.training import TrainConfig, TrainResult, read_metrics, train
 from ldm_model.training.checkpoint import list_checkpoints, load_checkpoint, load_model
+from tests.ldm_envs.store_server import (
+    S3_ENV,
+    export_env,
+    make_bucket,
+    moto_server,
+    publish_dataset,
+)
 
 STEPS, BATCH, CONTEXT, EVERY = 12, 8, 16, 4
 TRAIN_ARGS = [
@@ -81,7 +89,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _agent(dataset: Path, out: Path, port: int, rdzv_id: str, *extra: str) -> list[str]:
+def _agent(dataset: Path | str, out: Path, port: int, rdzv_id: str, *extra: str) -> list[str]:
     """One node's agent: `torchrun --nnodes 2 --nproc-per-node 1` with a c10d rendezvous."""
     return [
         sys.executable,
@@ -110,18 +118,24 @@ def _agent(dataset: Path, out: Path, port: int, rdzv_id: str, *extra: str) -> li
     ]
 
 
-def _start_agents(dataset: Path, out: Path, *extra: str) -> list[subprocess.Popen[str]]:
+def _start_agents(
+    dataset: Path | str,
+    out: Path,
+    *extra: str,
+    envs: tuple[dict[str, str], dict[str, str]] = (ENV, ENV),
+) -> list[subprocess.Popen[str]]:
+    """The two nodes' agents; `envs` gives each its own environment (its own data home)."""
     port, rdzv_id = _free_port(), f"ldm-{uuid.uuid4().hex[:8]}"
     return [
         subprocess.Popen(
             _agent(dataset, out, port, rdzv_id, *extra),
-            env=ENV,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
         )
-        for _ in range(2)
+        for env in envs
     ]
 
 
@@ -182,6 +196,27 @@ def test_two_agents_match_one_process(
     _assert_same_run(out, single)
     info = load_checkpoint(out).info
     assert info.world_size == 2 and info.step == STEPS
+
+
+@pytest.mark.slow  # a moto S3 server and two agents: ~45 s on 2 cores
+def test_two_agents_read_the_dataset_from_a_store_url(
+    tiny_dataset: Path, single: TrainResult, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodes that share no folder: each pulls the shards from the store into its own cache."""
+    with moto_server(tmp_path) as endpoint:
+        export_env(monkeypatch, endpoint)
+        url = f"s3://{make_bucket(endpoint)}/autorl"
+        publish_dataset(tiny_dataset, url)
+        homes = [tmp_path / "node-0", tmp_path / "node-1"]
+        s3 = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+        node_env = [{**ENV, **s3, "LDM_HOME": str(home)} for home in homes]
+        out = tmp_path / "nodes"
+        envs = (node_env[0], node_env[1])
+        _finish(_start_agents(url, out, "--steps", str(STEPS), envs=envs))
+    _assert_same_run(out, single)
+    shards = sorted(p.name for p in tiny_dataset.rglob("*.arrow"))
+    for home in homes:  # each node's own copy of every shard the training samples
+        assert sorted(p.name for p in (home / "cache").rglob("*.arrow")) == shards
 
 
 @pytest.mark.slow  # four agents in two launches: ~60 s on 2 cores

@@ -11,10 +11,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ldm_envs.dataset.index import INDEX_DIR, read_index
-from ldm_envs.store import DataRoot
 from ldm_model import cli
-from tests.ldm_envs.store_server import export_env, make_bucket, moto_server
+from tests.ldm_envs.store_server import export_env, make_bucket, moto_server, publish_dataset
 
 runner = CliRunner()
 
@@ -23,16 +21,6 @@ runner = CliRunner()
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with moto_server(tmp_path_factory.mktemp("moto")) as url:
         yield url
-
-
-def publish_dataset(local: Path, url: str) -> DataRoot:
-    """Publish a local dataset's shard folders, then its index."""
-    store = DataRoot.parse(url)
-    runs, _ = read_index(local)
-    for folder in sorted({str(Path(p).parent) for p in runs["shard_path"].to_list()}):
-        store.publish(local / folder, folder)
-    store.publish(local / INDEX_DIR, INDEX_DIR)
-    return store
 
 
 def _train(dataset: str, out: Path, *extra: str):
