@@ -96,7 +96,7 @@ def _no_clip(value: float) -> float | None:
     field_option("attention", type=str),
     field_option("compile", "--compile/--no-compile"),
     field_option("parallel", type=str),
-    field_option("out", "--out", "-o"),
+    field_option("out", "--out", "-o", type=str),
     field_option("mlflow", "--track/--no-track"),
     "eval_every",
     "eval_episodes",

@@ -150,8 +150,11 @@ class TrainConfig(BaseModel):
     )
     #: Checkpoints, metrics.jsonl, loss_curve.png; the default folder is named after the run
     #: key, so the same command resumes the same run.
-    out: Path | None = Field(
-        default=None, description="run folder (default <data home>/models/<model>-<hash>)"
+    #: A store URL (`s3://bucket/models/run-1`) is mirrored locally and each checkpoint is
+    #: published to it (`training.checkpoint.store`).
+    out: Path | str | None = Field(
+        default=None,
+        description="run folder or store URL (default <data home>/models/<model>-<hash>)",
     )
     mlflow: bool = Field(default=True, description="log to MLflow")
     #: Run by the training callbacks (`training.callbacks`; ldm-eval's evaluator logs the
@@ -178,7 +181,7 @@ class TrainConfig(BaseModel):
                 raise ValueError(exc.args[0]) from None
         return value
 
-    @field_validator("data_root", mode="after")
+    @field_validator("data_root", "out", mode="after")
     @classmethod
     def _root(cls, value: Path | str | None) -> Path | str | None:
         """A store URL stays a string (a Path would fold `s3://` into `s3:/`), a folder a Path."""

@@ -53,6 +53,13 @@ from ldm_model.training.checkpoint import (
     save_checkpoint,
     step_dir_name,
 )
+from ldm_model.training.checkpoint.store import (
+    is_store_url,
+    mirror_dir,
+    publish_checkpoint,
+    publish_run_files,
+    pull_latest,
+)
 from ldm_model.training.config import TrainConfig
 from ldm_model.training.distributed import (
     DistContext,
@@ -85,6 +92,7 @@ from ldm_model.training.tracking import TrainTracking
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ldm_envs.store import DataRoot
     from ldm_model.training.callbacks import TrainerCallback
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +160,15 @@ class Trainer:
         self.ctx = ctx
         self.console = console
         self.model_config = config.resolved_model()
-        self.out = Path(config.out) if config.out is not None else default_out(config)
+        self.store: DataRoot | None = None
+        if is_store_url(config.out):
+            from ldm_envs.store import DataRoot
+
+            # checkpoints are written to a local mirror as to any run folder, then published
+            self.store = DataRoot.parse(str(config.out))
+            self.out = mirror_dir(self.store)
+        else:
+            self.out = Path(config.out) if config.out is not None else default_out(config)
         assert config.batch_size is not None  # TrainConfig's validator resolves None
         self.batch_size = config.batch_size
         if config.batch_size % ctx.world:
@@ -175,6 +191,8 @@ class Trainer:
                 "--dataset"
             ) from exc
         self.dataset = dataset_info(self.sampler)
+        if self.store is not None:  # every rank: nodes that share nothing resume from the store
+            pull_latest(self.store, self.out, with_metrics=ctx.is_main)
         self._check_resumable(allow_data_change)
         self.has_images = any(
             self.sampler.codec(i).image_shape is not None for i in range(self.sampler.envs.height)
@@ -245,8 +263,11 @@ class Trainer:
         run_id: str | None,
         full_state: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> Path:
-        """Write the checkpoint of `step` (rank 0); `full_state`: FSDP's gathered state."""
-        return save_checkpoint(
+        """Write the checkpoint of `step` (rank 0), publish it to the store URL if `--out` is one.
+
+        `full_state`: FSDP's gathered state.
+        """
+        folder = save_checkpoint(
             self.out,
             model=self.ldm,
             optimizer=self.optimizer,
@@ -260,6 +281,9 @@ class Trainer:
             keep=self.config.keep_checkpoints,
             num_parameters=self.num_parameters,
         )
+        if self.store is not None:
+            publish_checkpoint(self.store, folder)
+        return folder
 
     def run(self, *, stop_after: int | None = None, progress: bool = True) -> TrainResult:
         """Train from `start_step` to `config.steps` (or `stop_after` steps of it)."""
@@ -299,6 +323,8 @@ class Trainer:
                     raise TrainingPaused(result.step)
                 if ctx.is_main and result.checkpoint is not None:
                     self._write_curve()
+                    if self.store is not None:
+                        publish_run_files(self.store, self.out)
                     tracking.finish(self.out, result.checkpoint, self.dataset)
         except TrainingPaused:
             result.paused = True
@@ -424,8 +450,11 @@ class Trainer:
             f"training [bold]{self.model_config.name}[/] ({self.num_parameters:,} parameters) on "
             f"{len(envs)} env(s), {self.dataset.transitions:,} transitions under "
             f"{self.dataset.root}; batch {c.batch_size} x {c.window}, {c.steps} steps, "
-            f"{self.ctx.world} process(es) on {self.device}; out {self.out}{resumed}"
+            f"{self.ctx.world} process(es) on {self.device}; out {self._out_name()}{resumed}"
         )
+
+    def _out_name(self) -> str:
+        return f"{self.store} (local mirror {self.out})" if self.store else str(self.out)
 
     def _say(self, text: str) -> None:
         if self.ctx.is_main and self.console is not None:

@@ -28,6 +28,7 @@ from ldm_model.training.checkpoint.record import (
     Report,
     sha256_file,
 )
+from ldm_model.training.checkpoint.store import is_store_url, local_run
 
 __all__ = [
     "latest_checkpoint",
@@ -84,14 +85,18 @@ def open_valid(
 ) -> tuple[Path, CheckpointInfo, bool]:
     """The checkpoint `path` names, its record, and whether its files' hashes were checked.
 
-    For a run folder: the newest checkpoint whose record reads and (with `verify`) whose files
-    match their hashes; the corrupt newer ones are reported in one line.
+    A store URL (`s3://.../run-1`) means its newest published checkpoint, pulled into the
+    local mirror (`checkpoint.store`). For a run folder: the newest checkpoint whose record
+    reads and (with `verify`) whose files match their hashes; the corrupt newer ones are
+    reported in one line.
 
     Raises:
         CheckpointNotFoundError: no checkpoint there.
         CorruptCheckpointError: the named step folder is corrupt, or every checkpoint of the
             run folder is (the newest one's file and reason, and how many more).
     """
+    if is_store_url(path):  # the newest published checkpoint, pulled into the local mirror
+        path = local_run(str(path))
     found = _run_checkpoints(path)
     if not found:
         folder = resolve_checkpoint(path)
