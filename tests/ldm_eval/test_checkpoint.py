@@ -1,5 +1,6 @@
 """Reading a real checkpoint's provenance: training run, dataset root, envs trained on."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,36 @@ def test_evaluate_cli_goes_on_with_the_previous_checkpoint_and_says_so(tmp_path:
     assert "skipped 1 corrupt checkpoint(s)" in flat and bad.name in flat
     assert "using step-00000001 (step 1)" in flat
     assert (out / "report.html").is_file()
+
+
+def test_evaluate_cli_reads_a_checkpoint_from_a_store_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ldm-eval evaluate s3://.../run`: the newest published checkpoint, pulled and evaluated."""
+    from typer.testing import CliRunner
+
+    from ldm_envs.store import DataRoot
+    from ldm_eval.cli import app
+    from ldm_model.training.checkpoint import list_checkpoints
+    from ldm_model.training.checkpoint.store import publish_checkpoint
+    from tests.ldm_envs.store_server import export_env, make_bucket, moto_server
+
+    root, run = _toy_run(tmp_path)
+    monkeypatch.setenv("LDM_HOME", str(tmp_path / "home"))
+    with moto_server(tmp_path) as endpoint:
+        export_env(monkeypatch, endpoint)
+        url = f"s3://{make_bucket(endpoint)}/models/run"
+        store = DataRoot.parse(url)
+        for folder in list_checkpoints(run):
+            publish_checkpoint(store, folder)
+        out = tmp_path / "eval"
+        args = ["--backend", "inprocess", "--episodes", "1", "--rollouts", "1"]
+        args += ["--no-random-baseline", "--dataset", str(root), "--no-track"]
+        result = CliRunner().invoke(app, ["evaluate", url, *args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert (out / "report.html").is_file()
+        used = Path(json.loads((out / "eval.json").read_text())["checkpoint"]["path"])
+        assert used.name == "step-00000002"  # the newest published, pulled into the data home
+        assert used.is_relative_to(tmp_path / "home")
+        nothing = CliRunner().invoke(app, ["evaluate", url + "-none", *args])
+        assert nothing.exit_code != 0 and "Traceback" not in nothing.output

@@ -61,8 +61,11 @@ def _check_evaluate(values: Mapping[str, Any]) -> None:
 )
 def evaluate(
     checkpoint: Annotated[
-        Path | None,
-        typer.Argument(help="LDM checkpoint; leave out to evaluate the random baseline only"),
+        str | None,
+        typer.Argument(
+            help="LDM checkpoint: a run or step folder, or a store URL (s3://.../run-1); leave "
+            "out to evaluate the random baseline only"
+        ),
     ] = None,
     library: Annotated[
         list[str] | None,
@@ -97,10 +100,11 @@ def evaluate(
     """
     from ldm_eval.checkpoint import read_checkpoint
     from ldm_eval.plan import plan_evaluate
+    from ldm_model.training.checkpoint.store import is_store_url
 
     if checkpoint is None and not config.random_baseline:
         raise ValueError("nothing to evaluate: give a CHECKPOINT or keep --random-baseline")
-    if checkpoint is not None and not checkpoint.exists():
+    if checkpoint is not None and not is_store_url(checkpoint) and not Path(checkpoint).exists():
         raise FileNotFoundError(f"no checkpoint at {checkpoint}")
     info = None
     if checkpoint is not None:  # a run folder: its newest valid checkpoint, said so
