@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -116,8 +117,9 @@ def _training_curve_html(suite: Suite) -> str:
     """The curve of the model's evaluations during training, copied beside the report."""
     from ldm_eval.training_curve import CURVE_FILE, CURVE_PNG, curve_html
 
-    model_dir = train_config(suite).out
-    assert model_dir is not None
+    out = train_config(suite).out
+    assert out is not None
+    model_dir = Path(out)  # a suite trains into its own folder, never a store URL
     if not (model_dir / CURVE_FILE).is_file():
         return ""
     atomic_write_text(suite.folder / CURVE_FILE, (model_dir / CURVE_FILE).read_text())
