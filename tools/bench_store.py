@@ -30,20 +30,10 @@ from bench_sampler import timed, write_dataset
 from rich.console import Console
 from rich.table import Table
 
-from ldm_envs.dataset.index import INDEX_DIR, read_index
-from ldm_envs.store import DataRoot
+from ldm_envs.store import publish_dataset
 from ldm_model.data import WindowSampler
 
 SHAPES = ((32, 2048), (256, 64))
-
-
-def publish(local: Path, url: str) -> None:
-    """Publish the dataset's shard folders, then its index (what `ldm-autorl filter` does)."""
-    store = DataRoot.parse(url)
-    runs, _ = read_index(local)
-    for folder in sorted({str(Path(p).parent) for p in runs["shard_path"].to_list()}):
-        store.publish(local / folder, folder)
-    store.publish(local / INDEX_DIR, INDEX_DIR)
 
 
 @contextlib.contextmanager
@@ -75,7 +65,7 @@ def main() -> None:
         with store as url:
             with console.status(f"publishing {size / 2**20:.0f} MiB to {url}"):
                 start = time.perf_counter()
-                publish(local, url)
+                publish_dataset(local, url)
                 published = time.perf_counter() - start
             title = f"window sampling: {url} against local disk ({os.cpu_count()} CPUs)"
             table = Table(title=title)

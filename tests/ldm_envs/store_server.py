@@ -13,10 +13,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from ldm_envs.store import DataRoot
 
 #: Credentials moto accepts; exported so subprocesses (executor tasks) reach the same server.
 S3_ENV = {
@@ -83,16 +79,3 @@ def export_env(monkeypatch: object, endpoint: str) -> None:
     for key, value in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
         setenv(key, value)
     os.environ.pop("AWS_PROFILE", None)
-
-
-def publish_dataset(local: Path, url: str) -> DataRoot:
-    """Publish a local dataset's shard folders, then its index (last, as the filter does)."""
-    from ldm_envs.dataset.index import INDEX_DIR, read_index
-    from ldm_envs.store import DataRoot
-
-    store = DataRoot.parse(url)
-    runs, _ = read_index(local)
-    for folder in sorted({str(Path(p).parent) for p in runs["shard_path"].to_list()}):
-        store.publish(local / folder, folder)
-    store.publish(local / INDEX_DIR, INDEX_DIR)
-    return store

@@ -24,15 +24,10 @@ import numpy as np
 import pytest
 import torch
 
+from ldm_envs.store import publish_dataset
 from ldm_model.training import TrainConfig, TrainResult, read_metrics, train
 from ldm_model.training.checkpoint import list_checkpoints, load_checkpoint, load_model
-from tests.ldm_envs.store_server import (
-    S3_ENV,
-    export_env,
-    make_bucket,
-    moto_server,
-    publish_dataset,
-)
+from tests.ldm_envs.store_server import S3_ENV, export_env, make_bucket, moto_server
 
 STEPS, BATCH, CONTEXT, EVERY = 12, 8, 16, 4
 TRAIN_ARGS = [

@@ -11,8 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ldm_envs.store import publish_dataset
 from ldm_model import cli
-from tests.ldm_envs.store_server import export_env, make_bucket, moto_server, publish_dataset
+from tests.ldm_envs.store_server import export_env, make_bucket, moto_server
 
 runner = CliRunner()
 

@@ -15,7 +15,6 @@ the edges only:
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -42,7 +41,7 @@ def open_root(root: Path | str | DataRoot) -> tuple[Path, DataRoot | None]:
 
 def mirror_dir(store: DataRoot) -> Path:
     """The driver's local working copy of a remote root, one per URL."""
-    return data_home() / "stores" / re.sub(r"[^A-Za-z0-9_.\-]", "_", store.url)
+    return store.local_folder("stores")
 
 
 def pull_records(store: DataRoot, mirror: Path, library: str, stages: Iterable[str]) -> int:

@@ -14,6 +14,7 @@ completes it. `pull` copies an entry into a local cache bounded in bytes (least 
 files not in use are evicted), verifying every size against the manifest.
 """
 
+from ldm_envs.store.dataset import publish_dataset
 from ldm_envs.store.root import (
     DEFAULT_CACHE_BYTES,
     MARKER_SUFFIX,
@@ -22,4 +23,11 @@ from ldm_envs.store.root import (
     evict,
 )
 
-__all__ = ["DEFAULT_CACHE_BYTES", "MARKER_SUFFIX", "DataRoot", "StoreError", "evict"]
+__all__ = [
+    "DEFAULT_CACHE_BYTES",
+    "MARKER_SUFFIX",
+    "DataRoot",
+    "StoreError",
+    "evict",
+    "publish_dataset",
+]

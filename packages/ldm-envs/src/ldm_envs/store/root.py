@@ -6,6 +6,7 @@ import builtins
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -88,6 +89,16 @@ class DataRoot(BaseModel):
         if not self.is_local:
             raise StoreError("path", self.url, "a remote root has no local folder")
         return Path(self.url)
+
+    def local_folder(self, kind: str) -> Path:
+        """`<data home>/<kind>/<url made a folder name>`: this machine's copy of a remote root.
+
+        One naming for every package: ldm-autorl's driver mirror and ldm-model's run mirror
+        (`kind="stores"`), ldm-model's shard cache (`kind="cache"`).
+        """
+        from ldm_envs.paths import data_home
+
+        return data_home() / kind / re.sub(r"[^A-Za-z0-9_.\-]", "_", self.url)
 
     def __str__(self) -> str:
         return self.url

@@ -10,12 +10,10 @@ alone exceeds the bound is refused before any step.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from ldm_envs.dataset.index import INDEX_DIR
-from ldm_envs.paths import data_home
 from ldm_envs.store import DataRoot, evict
 from ldm_model.errors import TrainingError
 
@@ -28,7 +26,7 @@ def open_store(root: Path | str, cache_bytes: int | None) -> DataRoot | None:
 
 def cache_dir(store: DataRoot) -> Path:
     """The local cache of a store's shards, one per URL."""
-    return data_home() / "cache" / re.sub(r"[^A-Za-z0-9_.\-]", "_", store.url)
+    return store.local_folder("cache")
 
 
 def pull_index(store: DataRoot) -> Path:

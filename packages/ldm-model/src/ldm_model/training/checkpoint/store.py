@@ -42,10 +42,7 @@ def is_store_url(value: Path | str | None) -> bool:
 
 def mirror_dir(store: DataRoot) -> Path:
     """`<data home>/stores/<url>`: where this machine keeps its copy of the run folder."""
-    from ldm_envs.paths import data_home
-    from ldm_model.data.store_cache import cache_dir
-
-    return data_home() / "stores" / cache_dir(store).name
+    return store.local_folder("stores")
 
 
 def _published_steps(store: DataRoot) -> list[str]:
